@@ -1,0 +1,121 @@
+"""The one preprocessing function: image bytes -> RGB uint8 pixels at the model's input size.
+
+Training (``imgclf.data``) and serving (``lambda_func``) both call ``load_image``; normalisation lives
+inside the model, so this is the whole of what stands between a file and the model's input.
+Only Pillow and numpy are imported here (the serving path never imports TensorFlow).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from imgclf.errors import UnprocessableImage, UnsupportedMediaType
+from imgclf.settings import ImageLimits
+
+# Pillow format name -> the media type a client would send it as.
+ALLOWED_FORMATS: dict[str, str] = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+}
+ALLOWED_MEDIA_TYPES = frozenset(ALLOWED_FORMATS.values())
+# File suffixes accepted by the dataset loader and the retrain ingester.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
+
+
+def _open(data: bytes) -> Image.Image:
+    """Opens (without decoding) an image of an allowed format, or raises 415/422."""
+    with warnings.catch_warnings():
+        # Our own pixel limit (checked right after) is the one that decides.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+        except Image.DecompressionBombError as exc:
+            raise UnprocessableImage(
+                f"image is too large to decode safely: {exc}", code="image_too_large"
+            ) from exc
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            pass
+        try:
+            other = Image.open(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not an image"
+            raise UnprocessableImage("the data is not a decodable image") from exc
+        raise UnsupportedMediaType(
+            f"image format {other.format} is not supported; "
+            f"send one of {', '.join(sorted(ALLOWED_FORMATS))}"
+        )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Converts any Pillow mode to RGB, compositing transparency onto white."""
+    if img.mode == "RGB":
+        return img  # convert() would copy for nothing (measured ~8 ms at 1080p)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        grey = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(
+    data: bytes, height: int, width: int, limits: ImageLimits = ImageLimits()
+) -> np.ndarray:
+    """Decodes image bytes into the model's input pixels.
+
+    JPEG, PNG, WebP, GIF (first frame) and BMP are accepted. The EXIF orientation is applied, every
+    mode becomes RGB, large JPEGs are decoded at a reduced scale (``Image.draft``), and the result
+    is resized (bilinear) to ``height`` x ``width``.
+
+    Args:
+        data: the encoded image.
+        height: the model's input height in pixels.
+        width: the model's input width in pixels.
+        limits: the pixel limit (decompression bombs) and the smallest accepted side.
+
+    Returns:
+        A ``(height, width, 3)`` uint8 array.
+
+    Raises:
+        UnsupportedMediaType: an image of a format outside the allow-list.
+        UnprocessableImage: not an image, truncated, too small, or over the pixel limit.
+    """
+    if not data:
+        raise UnprocessableImage("the image is empty")
+    img = _open(data)
+    w, h = img.size
+    if w * h > limits.max_pixels:
+        raise UnprocessableImage(
+            f"image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_pixels}",
+            code="image_too_large",
+        )
+    if min(w, h) < limits.min_side:
+        raise UnprocessableImage(
+            f"image is {w}x{h}; each side must be at least {limits.min_side} pixels",
+            code="image_too_small",
+        )
+    try:
+        if img.format == "JPEG":
+            # Decode at the smallest DCT scale that is still at least the target size in both
+            # directions, whatever the EXIF orientation turns out to be.
+            side = max(height, width)
+            img.draft("RGB", (side, side))
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        if orientation != 1:
+            img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UnprocessableImage(f"the image could not be decoded: {exc}") from exc

@@ -1,0 +1,379 @@
+"""The training job every backend runs: ``python -m imgclf.retrain_job --job-id ID``.
+
+1. snapshot: the listed ``train/`` and ``test/`` objects, laid out as ``seg_train/<class>/`` and
+   ``seg_test/<class>/`` (SageMaker mounts them as channels instead);
+2. train: ``train.py`` warm-started from the live model's Keras file, or a full search;
+3. convert: ``convert.py`` with its parity check (a failed check ends the job, nothing published);
+4. evaluate the new and the live TFLite model on the same fixed test split;
+5. gate: the new model passes unless it is worse than live by more than RETRAIN_QUALITY_TOLERANCE
+   in accuracy or macro F1;
+6. publish version N+1 (with the evaluation and the gate decision in its ``metrics.json``), and move
+   ``live`` to it only if the gate passed and ``live`` did not move meanwhile.
+
+The job holds the lock its launcher took (renewed from a thread) and checks it before it publishes;
+however it ends, it writes its status to ``jobs/<id>.json`` and releases the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.data import class_names, load_split
+from imgclf.evaluate import classification_metrics
+from imgclf.ingest import PENDING, TEST, TRAIN
+from imgclf.jobs import Heartbeat, LockLost, iso, now, read_job, resume_lock, write_job
+from imgclf.registry import (
+    MODEL_FILES,
+    AliasConflict,
+    AliasNotFound,
+    Registry,
+    open_registry,
+    verify_model_files,
+)
+from imgclf.runtime import TFLiteModel
+from imgclf.settings import PROJECT_ROOT, RetrainSettings
+from imgclf.storage import Store, open_store
+
+GATE_METRICS = ("accuracy", "macro_f1")
+# Time kept back from a deadline (the lambda backend) to record the outcome and release the lock.
+DEADLINE_MARGIN_SECONDS = 30.0
+DOWNLOAD_THREADS = 16
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+    """The job cannot go on; the message is recorded as the job's error."""
+
+
+def _download(store: Store, prefix: str, target: Path) -> dict[str, int]:
+    """Copies every ``<prefix><class>/<file>`` object to ``target/<class>/<file>``."""
+    keys = [k for k in store.list(prefix) if k.count("/") == 2]
+
+    def fetch(key: str) -> None:
+        path = target.joinpath(*key.split("/")[1:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(store.get(key).data)
+
+    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+        list(pool.map(fetch, keys))
+    return {c: len(list((target / c).iterdir())) for c in class_names(target)} if keys else {}
+
+
+def snapshot(store: Store, data: Path, channels: Path | None) -> dict[str, dict[str, int]]:
+    """Lays the training data out in the Intel layout under ``data``.
+
+    Args:
+        store: the data bucket.
+        data: the dataset root to create (``seg_train/``, ``seg_test/``).
+        channels: SageMaker's channel folder (``train/``, ``test/``) to use instead of S3.
+
+    Returns:
+        Images per class, per split.
+    """
+    data.mkdir(parents=True)
+    if channels is not None:
+        (data / "seg_train").symlink_to(channels / "train", target_is_directory=True)
+        (data / "seg_test").symlink_to(channels / "test", target_is_directory=True)
+        return {
+            split: {c: len(list((data / split / c).iterdir())) for c in class_names(data / split)}
+            for split in ("seg_train", "seg_test")
+        }
+    return {
+        "seg_train": _download(store, TRAIN, data / "seg_train"),
+        "seg_test": _download(store, TEST, data / "seg_test"),
+    }
+
+
+def evaluate_tflite(model_dir: Path, test_dir: Path) -> dict[str, Any]:
+    """Evaluates a TFLite model directory on a folder-per-class test split.
+
+    The test split's own classes are the truth; a model that predicts a class the split does not
+    have is simply wrong there, so models with different class lists compare on the same images.
+
+    Returns:
+        ``imgclf.evaluate.classification_metrics`` over the split's classes.
+    """
+    labels = json.loads((model_dir / "labels.json").read_text())
+    model = TFLiteModel((model_dir / "model.tflite").read_bytes())
+    classes = class_names(test_dir)
+    test = load_split(test_dir, model.height, model.width, classes=classes)
+    index = {name: i for i, name in enumerate(classes)}
+    predicted = np.array(
+        [index.get(labels[int(np.argmax(model.predict(x)))], -1) for x in test.x], dtype=np.int64
+    )
+    return classification_metrics(test.y, predicted, classes)
+
+
+def quality_gate(
+    new: dict[str, Any], live: dict[str, Any] | None, tolerance: float
+) -> dict[str, Any]:
+    """Decides whether the new model may replace the live one.
+
+    Returns:
+        ``{"passed", "reason", "tolerance", "deltas"}`` (deltas: new minus live, per metric).
+    """
+    if live is None:
+        return {"passed": True, "reason": "no live model to compare with", "tolerance": tolerance}
+    deltas = {m: round(float(new[m]) - float(live[m]), 6) for m in GATE_METRICS}
+    worse = [
+        f"{m} {new[m]:.4f} < live {live[m]:.4f} - {tolerance}"
+        for m, d in deltas.items()
+        if d < -tolerance
+    ]
+    return {
+        "passed": not worse,
+        "reason": "; ".join(worse) or f"not worse than live by more than {tolerance}",
+        "tolerance": tolerance,
+        "deltas": deltas,
+    }
+
+
+class Job:
+    """One run of the pipeline, with the bookkeeping every stage shares."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: RetrainSettings,
+        record: dict[str, Any],
+        heartbeat: Heartbeat,
+        deadline: float | None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.record = record
+        self.heartbeat = heartbeat
+        self.deadline = deadline
+
+    def stage(self, name: str, **details: Any) -> None:
+        """Records that the job entered a stage (and anything learnt so far)."""
+        log.info("job %s: %s", self.record["id"], name)
+        self.record = write_job(self.store, self.record, stage=name, **details)
+
+    def remaining(self) -> float | None:
+        """Seconds left for a subprocess, or None without a deadline.
+
+        Raises:
+            JobFailed: the deadline is too close to start anything.
+        """
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic() - DEADLINE_MARGIN_SECONDS
+        if left <= 0:
+            raise JobFailed(f"out of time before stage {self.record.get('stage')}")
+        return left
+
+    def script(self, name: str, *args: str | Path) -> None:
+        """Runs ``train.py`` or ``convert.py`` in a subprocess (its crash is not the job's).
+
+        Raises:
+            JobFailed: it failed or ran out of time.
+        """
+        cmd = [sys.executable, str(PROJECT_ROOT / name), *map(str, args)]
+        log.info("running %s", " ".join(cmd))
+        try:
+            code = subprocess.run(cmd, timeout=self.remaining(), check=False).returncode
+        except subprocess.TimeoutExpired as exc:
+            raise JobFailed(f"{name} ran out of time") from exc
+        if code != 0:
+            # convert.py exits with 3 when the parity check refuses the converted model.
+            reason = "the parity check failed" if name == "convert.py" and code == 3 else ""
+            raise JobFailed(f"{name} exited with code {code} {reason}".strip())
+
+    def live_model(self, work: Path, channels: Path | None) -> tuple[Path | None, str | None]:
+        """Fetches the live version's files (or finds them mounted) into ``work/live``.
+
+        Returns:
+            ``(folder, alias ETag)``; ``(None, None)`` when nothing is live yet.
+        """
+        try:
+            pointer, etag = self.registry.read_live()
+        except AliasNotFound:
+            return None, None
+        version = pointer["version"]
+        mounted = channels / "live" if channels is not None else None
+        folder = work / "live"
+        if mounted is not None and version == self.record.get("live_version") and mounted.is_dir():
+            shutil.copytree(mounted, folder)
+        else:
+            folder.mkdir()
+            for name, content in self.registry.read_version(version, names=MODEL_FILES).items():
+                (folder / name).write_bytes(content)
+        verify_model_files({n: (folder / n).read_bytes() for n in MODEL_FILES})
+        self.record = {**self.record, "compared_with": version}
+        return folder, etag
+
+    def run(self, work: Path, channels: Path | None) -> dict[str, Any]:
+        """Runs every stage; returns the final (succeeded) record."""
+        settings, data = self.settings, work / "data"
+        pending = list(self.store.list(PENDING))
+        self.stage("snapshot")
+        counts = snapshot(self.store, data, channels)
+        live_dir, live_etag = self.live_model(work, channels)
+        if not counts["seg_test"]:
+            raise JobFailed("the data bucket has no test split (test/<class>/...)")
+        if live_dir is not None:
+            missing = set(json.loads((live_dir / "labels.json").read_text())) - set(
+                counts["seg_train"]
+            )
+            if missing:
+                raise JobFailed(f"no training images of the live model's classes {sorted(missing)}")
+        warm = self.record.get("mode", "warm") == "warm" and live_dir is not None
+        self.stage("train", data=counts, warm_start=warm, pending=len(pending))
+        train_out, model_out = work / "train", work / "model"
+        self.script(
+            "train.py",
+            "--data",
+            data,
+            "--out",
+            train_out,
+            *settings.train_args,
+            *(("--warm-start", live_dir / "model.keras") if warm else ()),
+        )
+        self.stage("convert")
+        self.script(
+            "convert.py",
+            "--model-dir",
+            train_out,
+            "--data",
+            data,
+            "--out",
+            model_out,
+            "--quantization",
+            settings.quantization,
+            "--name",
+            settings.model_name,
+        )
+        self.stage("evaluate")
+        test_dir = data / "seg_test"
+        new_eval = evaluate_tflite(model_out, test_dir)
+        live_eval = evaluate_tflite(live_dir, test_dir) if live_dir is not None else None
+        gate = quality_gate(new_eval, live_eval, settings.quality_tolerance)
+        metrics = json.loads((model_out / "metrics.json").read_text())
+        metrics.update(
+            evaluation=new_eval,
+            live_evaluation=live_eval
+            and {"version": self.record.get("compared_with"), **live_eval},
+            gate=gate,
+            job={"id": self.record["id"], "mode": self.record.get("mode"), "data": counts},
+        )
+        (model_out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        summary = {m: new_eval[m] for m in GATE_METRICS}
+        self.stage("publish", evaluation=summary, gate=gate)
+        self.heartbeat.check()
+        version = self.registry.publish(model_out, images_dir=test_dir)
+        promoted, note = False, f"not promoted: {gate['reason']}"
+        if gate["passed"]:
+            self.stage("promote", version=version)
+            self.heartbeat.check()
+            try:
+                self.registry.promote(
+                    version,
+                    reason=f"job {self.record['id']}: {gate['reason']}",
+                    expected_etag=live_etag,
+                )
+                promoted, note = True, "promoted"
+            except AliasConflict as exc:
+                note = f"not promoted: {exc}"
+        for key in pending:
+            self.store.delete(key)
+        return write_job(
+            self.store,
+            self.record,
+            status="succeeded",
+            version=version,
+            promoted=promoted,
+            note=note,
+            finished_at=iso(now()),
+        )
+
+
+def run_job(
+    store: Store,
+    registry: Registry,
+    settings: RetrainSettings,
+    job_id: str,
+    *,
+    deadline: float | None = None,
+    channels: Path | None = None,
+) -> dict[str, Any]:
+    """Runs job ``job_id`` to the end and records how it ended; never raises for a job failure.
+
+    Args:
+        store: the data bucket.
+        registry: the model registry.
+        settings: the retrain settings.
+        job_id: a job whose record exists and for which the lock is taken.
+        deadline: ``time.monotonic()`` by which the job must be over (the lambda backend).
+        channels: SageMaker's input channel folder (``/opt/ml/input/data``).
+
+    Returns:
+        The job's final record.
+    """
+    record = read_job(store, job_id)
+    record = write_job(
+        store,
+        record,
+        status="running",
+        started_at=iso(now()),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+    )
+    try:
+        lock = resume_lock(store, job_id, settings.lock_ttl_seconds)
+    except LockLost as exc:
+        return write_job(store, record, status="failed", error=str(exc))
+    job = None
+    try:
+        with Heartbeat(lock) as heartbeat, tempfile.TemporaryDirectory(prefix="imgclf-job-") as tmp:
+            job = Job(store, registry, settings, record, heartbeat, deadline)
+            return job.run(Path(tmp), channels)
+    except Exception as exc:  # noqa: BLE001 - whatever happened is recorded, then the lock freed
+        log.exception("job %s failed", job_id)
+        latest = job.record if job is not None else record
+        return write_job(
+            store,
+            latest,
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+            finished_at=iso(now()),
+        )
+    finally:
+        lock.release()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one job from the command line (the local and SageMaker backends start this)."""
+    parser = argparse.ArgumentParser(prog="python -m imgclf.retrain_job", description=__doc__)
+    parser.add_argument("--job-id", required=True, help="the job recorded in jobs/<id>.json")
+    parser.add_argument("--channels", type=Path, help="SageMaker input channels folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[job] %(levelname)s %(message)s")
+    settings = RetrainSettings.from_env()
+    store = open_store(f"s3://{settings.data_bucket}")
+    registry = open_registry(settings.model_registry_uri, settings.model_name)
+    record = run_job(store, registry, settings, args.job_id, channels=args.channels)
+    print(json.dumps({k: record.get(k) for k in ("id", "status", "version", "promoted", "error")}))
+    return 0 if record["status"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

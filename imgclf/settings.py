@@ -1,0 +1,187 @@
+"""Settings, read once from the environment into frozen dataclasses.
+
+The environment variable names are declared here, once; ``template.yaml`` sets the same names.
+Every value has a safe default, so importing or running anything needs no configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Serving (PredictFunction)
+ENV_MODEL_NAME = "MODEL_NAME"
+ENV_MODEL_REGISTRY_URI = "MODEL_REGISTRY_URI"
+ENV_MODEL_DIR = "MODEL_DIR"
+ENV_MODEL_REFRESH_SECONDS = "MODEL_REFRESH_SECONDS"
+ENV_MODEL_CACHE_SIZE = "MODEL_CACHE_SIZE"
+ENV_NUM_THREADS = "NUM_THREADS"
+ENV_MAX_BODY_BYTES = "MAX_BODY_BYTES"
+ENV_MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
+ENV_MIN_IMAGE_SIDE = "MIN_IMAGE_SIDE"
+ENV_MAX_BATCH = "MAX_BATCH"
+ENV_DEFAULT_TOP_K = "DEFAULT_TOP_K"
+ENV_URL_TIMEOUT_SECONDS = "URL_TIMEOUT_SECONDS"
+ENV_URL_MAX_BYTES = "URL_MAX_BYTES"
+ENV_URL_MAX_REDIRECTS = "URL_MAX_REDIRECTS"
+ENV_ALLOW_PRIVATE_URLS = "ALLOW_PRIVATE_URLS"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits applied to every image before and while it is decoded."""
+
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Settings of the predict function.
+
+    ``model_registry_uri`` empty means: serve the bundled model in ``model_dir`` (no registry).
+    """
+
+    model_name: str = "scene"
+    model_registry_uri: str = ""
+    model_dir: Path = PROJECT_ROOT / "model"
+    model_refresh_seconds: float = 60.0
+    model_cache_size: int = 2
+    num_threads: int = 1
+    # Lambda's synchronous payload limit is 6 MB for the whole event, base64 included.
+    max_body_bytes: int = 4_500_000
+    image_limits: ImageLimits = ImageLimits()
+    max_batch: int = 8
+    default_top_k: int = 3
+    url_timeout_seconds: float = 5.0
+    url_max_bytes: int = 4_500_000
+    url_max_redirects: int = 3
+    allow_private_urls: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
+        """Reads the settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            model_name=env.get(ENV_MODEL_NAME, "").strip() or d.model_name,
+            model_registry_uri=env.get(ENV_MODEL_REGISTRY_URI, "").strip(),
+            model_dir=Path(env.get(ENV_MODEL_DIR, "").strip() or d.model_dir),
+            model_refresh_seconds=_float(env, ENV_MODEL_REFRESH_SECONDS, d.model_refresh_seconds),
+            model_cache_size=_int(env, ENV_MODEL_CACHE_SIZE, d.model_cache_size),
+            num_threads=_int(env, ENV_NUM_THREADS, d.num_threads),
+            max_body_bytes=_int(env, ENV_MAX_BODY_BYTES, d.max_body_bytes),
+            image_limits=ImageLimits(
+                max_pixels=_int(env, ENV_MAX_IMAGE_PIXELS, d.image_limits.max_pixels),
+                min_side=_int(env, ENV_MIN_IMAGE_SIDE, d.image_limits.min_side),
+            ),
+            max_batch=_int(env, ENV_MAX_BATCH, d.max_batch),
+            default_top_k=_int(env, ENV_DEFAULT_TOP_K, d.default_top_k),
+            url_timeout_seconds=_float(env, ENV_URL_TIMEOUT_SECONDS, d.url_timeout_seconds),
+            url_max_bytes=_int(env, ENV_URL_MAX_BYTES, d.url_max_bytes),
+            url_max_redirects=_int(env, ENV_URL_MAX_REDIRECTS, d.url_max_redirects),
+            allow_private_urls=_bool(env, ENV_ALLOW_PRIVATE_URLS, d.allow_private_urls),
+        )
+
+
+# Retraining (RetrainFunction and the training job it launches)
+ENV_DATA_BUCKET = "DATA_BUCKET"
+ENV_RETRAIN_BACKEND = "RETRAIN_BACKEND"
+ENV_RETRAIN_MIN_NEW_IMAGES = "RETRAIN_MIN_NEW_IMAGES"
+ENV_RETRAIN_ALLOW_NEW_CLASSES = "RETRAIN_ALLOW_NEW_CLASSES"
+ENV_RETRAIN_QUALITY_TOLERANCE = "RETRAIN_QUALITY_TOLERANCE"
+ENV_RETRAIN_LOCK_TTL_SECONDS = "RETRAIN_LOCK_TTL_SECONDS"
+ENV_RETRAIN_TRAIN_ARGS = "RETRAIN_TRAIN_ARGS"
+ENV_RETRAIN_QUANTIZATION = "RETRAIN_QUANTIZATION"
+ENV_RETRAIN_MAX_UPLOAD_BYTES = "RETRAIN_MAX_UPLOAD_BYTES"
+ENV_SAGEMAKER_ROLE_ARN = "SAGEMAKER_ROLE_ARN"
+ENV_SAGEMAKER_IMAGE_URI = "SAGEMAKER_IMAGE_URI"
+ENV_SAGEMAKER_INSTANCE_TYPE = "SAGEMAKER_INSTANCE_TYPE"
+RETRAIN_BACKENDS = ("local", "lambda", "sagemaker")
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """Settings of the retrain function and of the training job (which reads the same names).
+
+    ``backend``: ``local`` (a separate process on this machine, the local stack), ``lambda`` (in
+    the retrain function, within its remaining time) or ``sagemaker`` (a SageMaker training job).
+    ``train_args`` are extra ``train.py`` arguments (e.g. ``--quick`` or ``--epochs 5``).
+    """
+
+    # The defaults are the local stack's bucket names.
+    data_bucket: str = "imgclf-data"
+    model_registry_uri: str = "s3://imgclf-models/models"
+    model_name: str = "scene"
+    backend: str = "local"
+    min_new_images: int = 50
+    allow_new_classes: bool = False
+    # Largest drop in accuracy or macro F1 (vs the live model, same test split) still promoted.
+    quality_tolerance: float = 0.01
+    # The job renews its lock every third of this; a crashed job blocks others this long at most.
+    lock_ttl_seconds: float = 900.0
+    train_args: tuple[str, ...] = ()
+    quantization: str = "float16"
+    # An upload (image or .zip) larger than this is rejected unread.
+    max_upload_bytes: int = 200_000_000
+    image_limits: ImageLimits = ImageLimits()
+    sagemaker_role_arn: str = ""
+    sagemaker_image_uri: str = ""
+    sagemaker_instance_type: str = "ml.m5.xlarge"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RetrainSettings:
+        """Reads the settings from ``env`` (default: ``os.environ``).
+
+        Raises:
+            ValueError: RETRAIN_BACKEND is not one of ``RETRAIN_BACKENDS``.
+        """
+        env = os.environ if env is None else env
+        d = cls()
+        backend = env.get(ENV_RETRAIN_BACKEND, "").strip() or d.backend
+        if backend not in RETRAIN_BACKENDS:
+            raise ValueError(f"{ENV_RETRAIN_BACKEND}={backend!r}; choose one of {RETRAIN_BACKENDS}")
+        return cls(
+            data_bucket=env.get(ENV_DATA_BUCKET, "").strip() or d.data_bucket,
+            model_registry_uri=env.get(ENV_MODEL_REGISTRY_URI, "").strip() or d.model_registry_uri,
+            model_name=env.get(ENV_MODEL_NAME, "").strip() or d.model_name,
+            backend=backend,
+            min_new_images=_int(env, ENV_RETRAIN_MIN_NEW_IMAGES, d.min_new_images),
+            allow_new_classes=_bool(env, ENV_RETRAIN_ALLOW_NEW_CLASSES, d.allow_new_classes),
+            quality_tolerance=_float(env, ENV_RETRAIN_QUALITY_TOLERANCE, d.quality_tolerance),
+            lock_ttl_seconds=_float(env, ENV_RETRAIN_LOCK_TTL_SECONDS, d.lock_ttl_seconds),
+            train_args=tuple(shlex.split(env.get(ENV_RETRAIN_TRAIN_ARGS, ""))),
+            quantization=env.get(ENV_RETRAIN_QUANTIZATION, "").strip() or d.quantization,
+            max_upload_bytes=_int(env, ENV_RETRAIN_MAX_UPLOAD_BYTES, d.max_upload_bytes),
+            image_limits=ImageLimits(
+                max_pixels=_int(env, ENV_MAX_IMAGE_PIXELS, d.image_limits.max_pixels),
+                min_side=_int(env, ENV_MIN_IMAGE_SIDE, d.image_limits.min_side),
+            ),
+            sagemaker_role_arn=env.get(ENV_SAGEMAKER_ROLE_ARN, "").strip(),
+            sagemaker_image_uri=env.get(ENV_SAGEMAKER_IMAGE_URI, "").strip(),
+            sagemaker_instance_type=(
+                env.get(ENV_SAGEMAKER_INSTANCE_TYPE, "").strip() or d.sagemaker_instance_type
+            ),
+        )

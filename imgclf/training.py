@@ -1,0 +1,203 @@
+"""The training stage: Keras Tuner search, final fit on train+validation, test evaluation, artifacts.
+
+``run(config)`` is what ``train.py`` calls and what a retraining job calls; it writes
+``model.keras``, ``labels.json``, ``metrics.json`` and ``plots/*.png`` into ``config.out``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from imgclf.data import Dataset, DatasetError, find_splits, load_split, stratified_split
+from imgclf.evaluate import classification_metrics, plot_confusion_matrix, plot_history
+from imgclf.model import Hyperparameters, SceneHyperModel, make_dataset, make_model
+
+TUNERS = ("hyperband", "random", "bayesian")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on (``train.py --help`` documents each value)."""
+
+    data: Path
+    out: Path
+    image_size: int = 150
+    tuner: str = "hyperband"
+    max_trials: int = 12
+    search_epochs: int = 6
+    epochs: int = 20
+    patience: int = 3
+    batch_size: int = 32
+    val_fraction: float = 0.2
+    seed: int = 0
+    overwrite: bool = False
+    backbone: str | None = None
+    weights: str | None = None
+    warm_start: Path | None = None
+
+    def quick(self) -> TrainConfig:
+        """The smallest budget that still runs every stage (tests, CI, smoke runs)."""
+        return replace(self, tuner="random", max_trials=2, search_epochs=1, epochs=1)
+
+
+def _versions() -> dict[str, str]:
+    names = ("tensorflow-cpu", "tensorflow", "keras", "keras-tuner", "numpy", "pillow")
+    found: dict[str, str] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing optional distribution is just not recorded
+            continue
+    return found
+
+
+def _make_tuner(config: TrainConfig, hypermodel: SceneHyperModel) -> kt.Tuner:
+    common: dict[str, Any] = {
+        "objective": "val_accuracy",
+        "seed": config.seed,
+        "directory": str(config.out / "tuner"),
+        "project_name": config.tuner,
+        "overwrite": config.overwrite,
+    }
+    if config.tuner == "hyperband":
+        return kt.Hyperband(hypermodel, max_epochs=max(config.search_epochs, 2), factor=3, **common)
+    if config.tuner == "random":
+        return kt.RandomSearch(hypermodel, max_trials=config.max_trials, **common)
+    if config.tuner == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=config.max_trials, **common)
+    raise ValueError(f"unknown tuner {config.tuner!r}; choose one of {TUNERS}")
+
+
+def search(config: TrainConfig, train: Dataset, val: Dataset) -> tuple[Hyperparameters, dict]:
+    """Runs (or resumes) the hyperparameter search and returns the best point with a summary."""
+    hypermodel = SceneHyperModel(
+        len(train.classes), config.image_size, config.image_size, config.batch_size, config.seed,
+        config.backbone, config.weights,
+    )
+    tuner = _make_tuner(config, hypermodel)
+    tuner.search_space_summary()
+    epochs = config.search_epochs
+    tuner.search(train.x, train.y, validation_data=(val.x, val.y), epochs=epochs, verbose=2)
+    done = [t for t in tuner.oracle.get_best_trials(num_trials=10_000) if t.score is not None]
+    if not done:
+        raise RuntimeError(f"no trial of the search completed; see the errors above ({tuner.project_dir})")
+    best = done[0].hyperparameters
+    trials = [
+        {"trial_id": t.trial_id, "score": t.score, "hyperparameters": t.hyperparameters.values}
+        for t in done
+    ]
+    hp = Hyperparameters(**{k: best.values[k] for k in Hyperparameters().as_dict()})
+    summary = {"type": config.tuner, "trials": trials, "best_val_accuracy": trials[0]["score"]}
+    return hp, summary
+
+
+def _warm_model(config: TrainConfig, classes: list[str]) -> keras.Model:
+    """Loads the model to fine-tune, with a new output layer if the class list changed."""
+    assert config.warm_start is not None
+    model = keras.models.load_model(config.warm_start)
+    labels_path = config.warm_start.with_name("labels.json")
+    old = json.loads(labels_path.read_text()) if labels_path.exists() else None
+    if old != classes:
+        features = model.layers[-2].output
+        outputs = keras.layers.Dense(len(classes), activation="softmax", name="probabilities_new")(
+            features
+        )
+        model = keras.Model(model.inputs, outputs, name=model.name)
+    # A small learning rate keeps what the live model knew while it adapts to the new data.
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def run(config: TrainConfig) -> dict[str, Any]:
+    """Trains, evaluates and writes the artifacts of one run.
+
+    Args:
+        config: the data, budget and output folder.
+
+    Returns:
+        The metrics written to ``metrics.json``.
+
+    Raises:
+        DatasetError: the dataset cannot be used (the message says why).
+    """
+    started = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    if config.warm_start is not None:
+        size = keras.models.load_model(config.warm_start).input_shape[1]
+        config = replace(config, image_size=int(size))
+    train_dir, test_dir = find_splits(config.data)
+    size = config.image_size
+    full = load_split(train_dir, size, size)
+    test = load_split(test_dir, size, size, classes=full.classes)
+    if len(test.y) == 0:
+        raise DatasetError(f"{test_dir} has no usable test image")
+    train, val = stratified_split(full, config.val_fraction, config.seed)
+    print(f"data: train {train.counts()} validation {val.counts()} test {test.counts()}")
+    for path, reason in full.skipped + test.skipped:
+        print(f"skipped {path}: {reason}")
+    config.out.mkdir(parents=True, exist_ok=True)
+
+    if config.warm_start is not None:
+        model, hp, tuner_summary = _warm_model(config, full.classes), None, None
+    else:
+        hp, tuner_summary = search(config, train, val)
+        print(f"best hyperparameters: {hp.as_dict()}")
+        model = make_model(len(full.classes), size, size, hp, config.backbone, config.weights)
+    # Final fit on train + validation: nothing is held out any more, so early stopping watches
+    # the training loss and keeps the best weights.
+    augmentation = hp.augmentation if hp else 0.1
+    history = model.fit(
+        make_dataset(full.x, full.y, config.batch_size, augmentation, config.seed),
+        epochs=config.epochs,
+        shuffle=False,  # make_dataset shuffles
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="loss", patience=config.patience, restore_best_weights=True
+            )
+        ],
+        verbose=2,
+    ).history
+
+    probs = model.predict(test.x.astype(np.float32), batch_size=64, verbose=0)
+    metrics = classification_metrics(test.y, probs.argmax(axis=1), full.classes)
+    metrics.update(
+        classes=full.classes,
+        image_size=size,
+        hyperparameters=hp.as_dict() if hp else None,
+        warm_start=str(config.warm_start) if config.warm_start else None,
+        tuner=tuner_summary,
+        final_fit={"epochs": len(history["loss"]), "history": history},
+        data={
+            "train": train.counts(),
+            "validation": val.counts(),
+            "test": test.counts(),
+            "skipped": [{"file": str(p), "reason": r} for p, r in full.skipped + test.skipped],
+        },
+        seed=config.seed,
+        config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        versions=_versions(),
+        duration_seconds=round(time.monotonic() - started, 1),
+    )
+    model.save(config.out / "model.keras")
+    (config.out / "labels.json").write_text(json.dumps(full.classes, indent=2) + "\n")
+    (config.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    plots = config.out / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_history(history, plots / "training_curves.png")
+    plot_confusion_matrix(metrics["confusion_matrix"], full.classes, plots / "confusion_matrix.png")
+    print(f"test accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}")
+    return metrics
