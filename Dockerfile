@@ -4,14 +4,16 @@
 #   serve  PredictFunction: requirements-lambda.txt (LiteRT, Pillow, numpy, boto3, Powertools),
 #          the imgclf package, lambda_func.py and the bundled model. No TensorFlow.
 #   train  RetrainFunction, and the SageMaker training job it may launch: requirements-train.txt
-#          (the serving set + TensorFlow, Keras, Keras Tuner), the package and the training code.
+#          (the serving set + TensorFlow, Keras, Keras Tuner), the package and the training code
+#          (no bundled model: retraining starts from the registry's live version).
 #
 # AWS's Lambda base image for Python 3.12 (Amazon Linux 2023), pinned by tag. For bit-for-bit
 # rebuilds pin its digest as well: `docker buildx imagetools inspect public.ecr.aws/lambda/python:3.12`
 # prints it; then use BASE_IMAGE=public.ecr.aws/lambda/python:3.12@sha256:<digest>.
 #
 # Layer order: dependencies first (rebuilt only when a requirements file changes), then the
-# model (changes with a retrain), then the code, so a code-only change rebuilds a few kB.
+# bundled model (changes only with `make model`), then the code, so a code-only change rebuilds
+# and pushes a few hundred kB.
 # Packages go to ${LAMBDA_TASK_ROOT} (/var/task), first on sys.path, so the pinned boto3 wins
 # over the copy the runtime ships in /var/runtime.
 ARG BASE_IMAGE=public.ecr.aws/lambda/python:3.12
@@ -33,7 +35,6 @@ RUN pip install --no-cache-dir --only-binary=:all: --target "${LAMBDA_TASK_ROOT}
 ENV MPLCONFIGDIR=/tmp/matplotlib \
     KERAS_HOME=/tmp/keras \
     TF_CPP_MIN_LOG_LEVEL=2
-COPY model/ ${LAMBDA_TASK_ROOT}/model/
 COPY imgclf/ ${LAMBDA_TASK_ROOT}/imgclf/
 COPY train.py convert.py retrain_handler.py ${LAMBDA_TASK_ROOT}/
 CMD ["retrain_handler.lambda_handler"]

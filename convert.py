@@ -26,19 +26,34 @@ from imgclf.settings import ServeSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model-dir", type=Path, required=True, help="folder with model.keras etc.")
     p.add_argument("--data", type=Path, required=True, help="dataset root (seg_train/, seg_test/)")
-    p.add_argument("--quantization", choices=QUANTIZATIONS, default="float16",
-                   help="float32 | float16 (half the size) | dynamic (int8 weights) | int8 (full)")
+    p.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default="float16",
+        help="float32 | float16 (half the size) | dynamic (int8 weights) | int8 (full)",
+    )
     p.add_argument("--out", type=Path, help="where to write (default: --model-dir)")
     p.add_argument("--name", default=ServeSettings().model_name, help="model name in the manifest")
-    p.add_argument("--representative", type=int, default=200,
-                   help="training images used to calibrate int8")
-    p.add_argument("--min-agreement", type=float, default=0.99,
-                   help="least top-1 agreement with Keras for float32/float16/dynamic")
-    p.add_argument("--max-accuracy-drop", type=float, default=0.01,
-                   help="most test accuracy int8 may lose against Keras")
+    p.add_argument(
+        "--representative", type=int, default=200, help="training images used to calibrate int8"
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        help="least top-1 agreement with Keras for float32/float16/dynamic",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="most test accuracy int8 may lose against Keras",
+    )
     p.add_argument("--force", action="store_true", help="write even when the parity check fails")
     return p.parse_args(argv)
 
@@ -68,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     problems = report.problems(args.quantization, args.min_agreement, args.max_accuracy_drop)
     if problems and not args.force:
-        print(f"refused ({args.quantization}): {'; '.join(problems)}; nothing written "
-              "(use --force to write anyway)", file=sys.stderr)
+        print(
+            f"refused ({args.quantization}): {'; '.join(problems)}; nothing written "
+            "(use --force to write anyway)",
+            file=sys.stderr,
+        )
         return 3
     for problem in problems:
         print(f"warning (--force): {problem}", file=sys.stderr)

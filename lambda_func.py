@@ -19,8 +19,8 @@ from imgclf.predict import answer, parse_predict_request
 from imgclf.settings import ServeSettings
 
 settings = ServeSettings.from_env()
-logger = Logger(service="imgclf-predict")  # POWERTOOLS_SERVICE_NAME / LOG_LEVEL override
-metrics = Metrics(namespace="imgclf")  # POWERTOOLS_METRICS_NAMESPACE overrides
+logger = Logger(service=settings.service_name)  # LOG_LEVEL is read by Powertools itself
+metrics = Metrics(namespace=settings.metrics_namespace)
 fetcher = UrlFetcher.from_settings(settings)
 models = ModelHolder(settings, logger)
 
@@ -45,7 +45,11 @@ def model_info(request: Request) -> dict[str, Any]:
 
 
 router = Router(
-    routes={"/predict": {"POST": predict}, "/health": {"GET": health}, "/model": {"GET": model_info}},
+    routes={
+        "/predict": {"POST": predict},
+        "/health": {"GET": health},
+        "/model": {"GET": model_info},
+    },
     logger=logger,
     metrics=metrics,
     max_body_bytes=settings.max_body_bytes,

@@ -44,7 +44,9 @@ class ParityReport:
     invoke_ms_p50: float
     size_bytes: int
 
-    def problems(self, quantization: str, min_agreement: float, max_accuracy_drop: float) -> list[str]:
+    def problems(
+        self, quantization: str, min_agreement: float, max_accuracy_drop: float
+    ) -> list[str]:
         """Returns why the model fails the gate (empty when it passes).
 
         Float models must agree with Keras on the top-1 class; int8 models may disagree on some
@@ -53,8 +55,10 @@ class ParityReport:
         if quantization == "int8":
             drop = self.keras_accuracy - self.tflite_accuracy
             if drop > max_accuracy_drop:
-                return [f"int8 accuracy {self.tflite_accuracy:.4f} is {drop:.4f} below Keras "
-                        f"{self.keras_accuracy:.4f} (allowed: {max_accuracy_drop:.4f})"]
+                return [
+                    f"int8 accuracy {self.tflite_accuracy:.4f} is {drop:.4f} below Keras "
+                    f"{self.keras_accuracy:.4f} (allowed: {max_accuracy_drop:.4f})"
+                ]
             return []
         if self.agreement < min_agreement:
             return [f"top-1 agreement {self.agreement:.4f} is below {min_agreement:.4f}"]

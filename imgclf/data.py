@@ -1,7 +1,8 @@
 """Folder-per-class image datasets (the Intel Image Classification layout and any other).
 
-Every file goes through ``imgclf.preprocess.load_image``, the function serving uses, so training sees
-exactly the pixels the deployed model will see. Files that do not decode are skipped and reported.
+Every file goes through ``imgclf.preprocess.load_image``, the function serving uses, so training
+sees exactly the pixels the deployed model will see. Files that do not decode are skipped and
+reported.
 """
 
 from __future__ import annotations
@@ -136,9 +137,7 @@ def load_split(
     return Dataset(x, np.asarray(labels, dtype=np.int64), list(classes), files, skipped)
 
 
-def stratified_split(
-    data: Dataset, fraction: float, seed: int
-) -> tuple[Dataset, Dataset]:
+def stratified_split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Splits off ``fraction`` of each class (at least one image) as a validation set.
 
     Returns:

@@ -79,6 +79,9 @@ class _Target:
 
 def _parse(url: str) -> _Target:
     """Parses and checks a URL's shape (scheme, host, no credentials), or raises 400."""
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        # http.client would refuse these later (header injection); say so as a client error.
+        raise BadRequest("the URL contains spaces or control characters", code="invalid_url")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -175,8 +178,8 @@ class UrlFetcher:
         deadline = time.monotonic() + self.timeout_seconds
         for _ in range(self.max_redirects + 1):
             target = _parse(url)
-            address = self._resolve(target, deadline)
-            status, location, body = self._get(target, address, deadline)
+            addresses = self._resolve(target, deadline)
+            status, location, body = self._get(target, addresses, deadline)
             if status not in _REDIRECTS:
                 if status != 200:
                     raise UpstreamError(f"the URL answered with HTTP status {status}")
@@ -188,8 +191,8 @@ class UrlFetcher:
             f"the URL redirected more than {self.max_redirects} times", code="too_many_redirects"
         )
 
-    def _resolve(self, target: _Target, deadline: float) -> IPAddress:
-        """Resolves the host once and returns its first address, if every address is allowed."""
+    def _resolve(self, target: _Target, deadline: float) -> list[IPAddress]:
+        """Resolves the host once and returns its addresses, if every one of them is allowed."""
         future = _RESOLVER.submit(
             socket.getaddrinfo, target.host, target.port, type=socket.SOCK_STREAM
         )
@@ -203,28 +206,34 @@ class UrlFetcher:
         # One refused address refuses the host: a name answering with both a public and an
         # internal address is exactly what a rebinding attack looks like.
         refused = [a for a in addresses if not self.allow_address(a)]
-        if refused or not addresses:
+        if refused:
             raise BadRequest(
-                f"{target.host} resolves to an address that is not allowed ({refused[0]})"
-                if refused
-                else f"{target.host} has no address",
+                f"{target.host} resolves to an address that is not allowed ({refused[0]})",
                 code="url_not_allowed",
             )
-        return addresses[0]
+        return addresses
+
+    @staticmethod
+    def _connect(target: _Target, addresses: list[IPAddress], deadline: float) -> socket.socket:
+        """Connects to the first of the checked addresses that answers (never to the name)."""
+        error: OSError | None = None
+        for address in addresses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamTimeout(f"connecting to {target.host} took too long")
+            try:
+                return socket.create_connection((str(address), target.port), timeout=remaining)
+            except TimeoutError as exc:
+                raise UpstreamTimeout(f"connecting to {target.host} took too long") from exc
+            except OSError as exc:
+                error = exc
+        raise UpstreamError(f"cannot connect to {target.host}: {error}")
 
     def _get(
-        self, target: _Target, address: IPAddress, deadline: float
+        self, target: _Target, addresses: list[IPAddress], deadline: float
     ) -> tuple[int, str | None, bytes]:
-        """Sends one GET to ``address`` and returns (status, Location, body read if 200)."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise UpstreamTimeout("the URL took too long to answer")
-        try:
-            sock = socket.create_connection((str(address), target.port), timeout=remaining)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"connecting to {target.host} took too long") from exc
-        except OSError as exc:
-            raise UpstreamError(f"cannot connect to {target.host}: {exc}") from exc
+        """Sends one GET to the host's checked addresses; returns (status, Location, body)."""
+        sock = self._connect(target, addresses, deadline)
         conn: http.client.HTTPConnection
         if target.scheme == "https":
             context = ssl.create_default_context()

@@ -73,8 +73,12 @@ def decode_base64(text: str, what: str) -> bytes:
         raise BadRequest(f"{what} is not valid base64: {exc}", code="invalid_base64") from exc
 
 
-def _request_id(event: Mapping[str, Any], context: Any) -> str:
-    gateway_id = (event.get("requestContext") or {}).get("requestId")
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _request_id(event: Any, context: Any) -> str:
+    gateway_id = _mapping(_mapping(event).get("requestContext")).get("requestId")
     lambda_id = getattr(context, "aws_request_id", None)
     return str(gateway_id or lambda_id or uuid.uuid4())
 
@@ -94,23 +98,22 @@ def parse_event(event: Any, context: Any, max_body_bytes: int) -> Request:
         BadRequest: not an HTTP event, or a body flagged base64 that is not.
         PayloadTooLarge: the body is larger than ``max_body_bytes``.
     """
-    if not isinstance(event, Mapping):
-        raise BadRequest("the event is not an API Gateway or Function URL event")
     started = time.perf_counter()
-    request_context = event.get("requestContext") or {}
+    event = _mapping(event)
+    request_context = _mapping(event.get("requestContext"))
     if event.get("version") == "2.0":
-        method = (request_context.get("http") or {}).get("method", "")
+        method = _mapping(request_context.get("http")).get("method")
         path = event.get("rawPath") or "/"
         stage = request_context.get("stage", "$default")
         # HTTP APIs keep a named stage in rawPath (/Prod/predict); $default has none.
-        if stage != "$default" and path.startswith(f"/{stage}/"):
+        if stage != "$default" and isinstance(path, str) and path.startswith(f"/{stage}/"):
             path = path[len(stage) + 1 :]
     else:
-        method = event.get("httpMethod") or ""
+        method = event.get("httpMethod")
         path = event.get("path") or "/"
-    if not method:
-        raise BadRequest("the event is not an API Gateway or Function URL event")
     raw = event.get("body") or ""
+    if not (method and isinstance(method, str) and isinstance(path, str)):
+        raise BadRequest("the event is not an API Gateway or Function URL event")
     if not isinstance(raw, str):
         raise BadRequest("the event body is not a string")
     if event.get("isBase64Encoded"):
@@ -125,8 +128,8 @@ def parse_event(event: Any, context: Any, max_body_bytes: int) -> Request:
     return Request(
         method=method.upper(),
         path=path.rstrip("/") or "/",
-        headers={str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()},
-        query={str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()},
+        headers={str(k).lower(): str(v) for k, v in _mapping(event.get("headers")).items()},
+        query={str(k): str(v) for k, v in _mapping(event.get("queryStringParameters")).items()},
         body=body,
         request_id=_request_id(event, context),
         received_at=started,
@@ -246,7 +249,7 @@ class Router:
             The proxy response.
         """
         started = time.perf_counter()
-        request_id = _request_id(event if isinstance(event, Mapping) else {}, context)
+        request_id = _request_id(event, context)
         self.logger.append_keys(request_id=request_id)
         method = path = ""
         body: Mapping[str, Any] = {}

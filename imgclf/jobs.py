@@ -16,6 +16,7 @@ entry point, ``python -m imgclf.retrain_job --job-id ID``, in the training image
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import json
@@ -25,14 +26,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 
-from imgclf.ingest import PENDING
+from imgclf.ingest import PENDING, TRAIN_MODES, TRIGGER_PREFIX
 from imgclf.settings import (
     ENV_DATA_BUCKET,
     ENV_MODEL_NAME,
@@ -41,9 +42,10 @@ from imgclf.settings import (
     ENV_RETRAIN_QUALITY_TOLERANCE,
     ENV_RETRAIN_QUANTIZATION,
     ENV_RETRAIN_TRAIN_ARGS,
+    PROJECT_ROOT,
     RetrainSettings,
 )
-from imgclf.storage import ObjectNotFound, PreconditionFailed, Store
+from imgclf.storage import ObjectNotFound, PreconditionFailed, Store, open_store
 
 LOCK_KEY = "jobs/lock.json"
 JOBS = "jobs/"
@@ -274,7 +276,7 @@ def sagemaker_request(
         "AlgorithmSpecification": {
             "TrainingImage": settings.sagemaker_image_uri,
             "TrainingInputMode": "File",
-            "ContainerEntrypoint": ["python", "-m", "imgclf.retrain_job"],
+            "ContainerEntrypoint": ["python3", "-m", "imgclf.retrain_job"],
             "ContainerArguments": ["--job-id", job_id, "--channels", SAGEMAKER_CHANNELS_DIR],
         },
         "InputDataConfig": channels,
@@ -321,7 +323,8 @@ def launch(
     job_id = record["id"]
     if settings.backend == "local":
         # Same process group as the caller: stopping the local stack stops the job too.
-        process = subprocess.Popen([sys.executable, "-m", "imgclf.retrain_job", "--job-id", job_id])
+        command = [sys.executable, "-m", "imgclf.retrain_job", "--job-id", job_id]
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT)
         return write_job(store, record, launched={"backend": "local", "pid": process.pid})
     if settings.backend == "lambda":
         return run_in_process(job_id)
@@ -391,3 +394,33 @@ def start_job(
         lock.release()
         write_job(store, record, status="failed", error=f"launch failed: {exc}")
         raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``python -m imgclf.jobs list | request [--mode warm|full]``."""
+    settings = RetrainSettings.from_env()
+    parser = argparse.ArgumentParser(prog="python -m imgclf.jobs", description=__doc__)
+    parser.add_argument("--bucket", default=settings.data_bucket, help="DATA_BUCKET")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="every job with its status, version and outcome")
+    request = commands.add_parser("request", help="ask for a retraining (via incoming/_retrain/)")
+    request.add_argument("--mode", choices=TRAIN_MODES, default="warm")
+    args = parser.parse_args(argv)
+    store = open_store(f"s3://{args.bucket}")
+    if args.command == "request":
+        key = f"{TRIGGER_PREFIX}{new_job_id()}.json"
+        store.put(key, json.dumps({"mode": args.mode}).encode())
+        print(f"requested: s3://{args.bucket}/{key}")
+        return 0
+    for job_id in list_jobs(store):
+        record = read_job(store, job_id)
+        outcome = record.get("note") or record.get("error") or record.get("stage") or ""
+        print(
+            f"{job_id}  {record['status']:<9}  {record.get('backend', ''):<9}  "
+            f"{record.get('version') or '-':>7}  {outcome}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,10 +40,14 @@ def _backbone(name: str, weights: str | None, height: int, width: int) -> keras.
     shape = (height, width, 3)
     try:
         if name == "mobilenet_v2":
-            base = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=shape)
+            base = keras.applications.MobileNetV2(
+                include_top=False, weights=weights, input_shape=shape
+            )
             scale = keras.layers.Rescaling(1 / 127.5, offset=-1.0)  # MobileNetV2 expects -1..1
         elif name == "efficientnet_b0":
-            base = keras.applications.EfficientNetB0(include_top=False, weights=weights, input_shape=shape)
+            base = keras.applications.EfficientNetB0(
+                include_top=False, weights=weights, input_shape=shape
+            )
             scale = keras.layers.Identity()  # EfficientNet normalises 0..255 itself
         else:
             raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
@@ -97,7 +101,9 @@ def make_model(
                 use_bias=not hp.batch_norm,
             )(x)
             if hp.batch_norm:
-                x = keras.layers.BatchNormalization()(x)
+                # momentum 0.9: the moving statistics must settle within the few hundred steps
+                # of a small dataset, or inference diverges from training.
+                x = keras.layers.BatchNormalization(momentum=0.9)(x)
             x = keras.layers.ReLU()(x)
             x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)

@@ -124,6 +124,8 @@ def _top_k(value: Any) -> int | None:
 def _model_version(value: Any) -> str | None:
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # {"model_version": 7}
     if not isinstance(value, str) or not _VERSION.fullmatch(value):
         raise BadRequest(
             "model_version must be a published version such as 0007", code="invalid_parameter"

@@ -1,7 +1,7 @@
 """The one preprocessing function: image bytes -> RGB uint8 pixels at the model's input size.
 
-Training (``imgclf.data``) and serving (``lambda_func``) both call ``load_image``; normalisation lives
-inside the model, so this is the whole of what stands between a file and the model's input.
+Training (``imgclf.data``) and serving (``lambda_func``) both call ``load_image``; normalisation
+lives inside the model, so this is the whole of what stands between a file and the model's input.
 Only Pillow and numpy are imported here (the serving path never imports TensorFlow).
 """
 
@@ -56,10 +56,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Converts any Pillow mode to RGB, compositing transparency onto white."""
     if img.mode == "RGB":
         return img  # convert() would copy for nothing (measured ~8 ms at 1080p)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        grey = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+    if img.mode.startswith("I;16"):
+        # Keep the top 8 bits in integer arithmetic: float copies of a 40 MP image cost seconds.
+        grey = (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        grey = np.clip(arr * (255.0 / max(float(arr.max()), 1.0)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")

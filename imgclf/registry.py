@@ -31,7 +31,7 @@ import numpy as np
 
 from imgclf.preprocess import IMAGE_SUFFIXES, load_image
 from imgclf.runtime import TFLiteModel
-from imgclf.settings import ServeSettings
+from imgclf.settings import PROJECT_ROOT, ServeSettings
 from imgclf.storage import ObjectNotFound, PreconditionFailed, Store, open_store
 
 MODEL_FILES = ("model.tflite", "model.keras", "labels.json", "metrics.json", "manifest.json")
@@ -215,11 +215,13 @@ def verify_in_subprocess(
     Raises:
         InvalidModel: the check failed, the process crashed, or it timed out.
     """
-    cmd = [sys.executable, "-m", "imgclf.registry", "verify", str(model_dir)]
+    cmd = [sys.executable, "-m", "imgclf.registry", "verify", str(model_dir.resolve())]
     if images_dir is not None:
-        cmd += ["--images", str(images_dir)]
+        cmd += ["--images", str(images_dir.resolve())]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise InvalidModel(f"model check timed out after {timeout:.0f} s") from exc
     if proc.returncode != 0:
@@ -433,8 +435,9 @@ def open_registry(uri: str, name: str) -> Registry:
 
 
 def _version_row(registry: Registry, version: str, live: dict[str, Any]) -> str:
-    info = registry.describe(version)
-    metrics, manifest = info["metrics"], info["manifest"]
+    files = registry.read_version(version, names=("manifest.json", "metrics.json"))
+    manifest, metrics = json.loads(files["manifest.json"]), json.loads(files["metrics.json"])
+    # The retrain job's evaluation on the fixed test split, else train.py's own.
     evaluation = metrics.get("evaluation") or manifest.get("metrics") or {}
     gate = metrics.get("gate", {})
     marks = "live" if live.get("version") == version else ""
@@ -446,7 +449,7 @@ def _version_row(registry: Registry, version: str, live: dict[str, Any]) -> str:
     return (
         f"{version:>7}  {manifest.get('created_at', '-')[:19]:<19}  "
         f"{manifest.get('quantization', '-'):<8}  {fmt(evaluation.get('accuracy')):>8}  "
-        f"{fmt(evaluation.get('macro_f1')):>8}  {'-' if not gate else gate.get('passed'):<5}  "
+        f"{fmt(evaluation.get('macro_f1')):>8}  {str(gate.get('passed', '-')):<5}  "
         f"{marks}"
     )
 

@@ -181,7 +181,7 @@ class Job:
             raise JobFailed(f"out of time before stage {self.record.get('stage')}")
         return left
 
-    def script(self, name: str, *args: str | Path) -> None:
+    def script(self, name: str, args: Sequence[str | Path]) -> None:
         """Runs ``train.py`` or ``convert.py`` in a subprocess (its crash is not the job's).
 
         Raises:
@@ -221,89 +221,88 @@ class Job:
         self.record = {**self.record, "compared_with": version}
         return folder, etag
 
+    def train(self, data: Path, live_dir: Path | None, out: Path) -> None:
+        """Trains (warm-started unless a full run was asked for) and converts into ``out``."""
+        warm = self.record.get("mode", "warm") == "warm" and live_dir is not None
+        warm_start = ["--warm-start", live_dir / "model.keras"] if warm else []
+        self.stage("train", warm_start=warm)
+        keras_out = out.with_name("train")
+        self.script(
+            "train.py", ["--data", data, "--out", keras_out, *self.settings.train_args, *warm_start]
+        )
+        self.stage("convert")
+        paths = ["--model-dir", keras_out, "--data", data, "--out", out]
+        options = ["--quantization", self.settings.quantization, "--name", self.settings.model_name]
+        self.script("convert.py", [*paths, *options])
+
+    def evaluate(self, model_dir: Path, live_dir: Path | None, test_dir: Path) -> dict[str, Any]:
+        """Evaluates both models on the test split, applies the gate, records both in metrics.json.
+
+        Returns:
+            The gate's decision.
+        """
+        self.stage("evaluate")
+        new = evaluate_tflite(model_dir, test_dir)
+        live = None
+        if live_dir is not None:
+            live = {"version": self.record["compared_with"], **evaluate_tflite(live_dir, test_dir)}
+        gate = quality_gate(new, live, self.settings.quality_tolerance)
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+        job = {k: self.record.get(k) for k in ("id", "mode", "reason", "data")}
+        metrics.update(evaluation=new, live_evaluation=live, gate=gate, job=job)
+        (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        self.record = {**self.record, "evaluation": {m: new[m] for m in GATE_METRICS}, "gate": gate}
+        return gate
+
+    def publish(
+        self, model_dir: Path, test_dir: Path, gate: dict[str, Any], etag: str | None
+    ) -> None:
+        """Publishes the next version; makes it live if the gate passed and live did not move."""
+        self.stage("publish")
+        self.heartbeat.check()
+        version = self.registry.publish(model_dir, images_dir=test_dir)
+        self.record = {
+            **self.record,
+            "version": version,
+            "promoted": False,
+            "note": f"not promoted: {gate['reason']}",
+        }
+        if not gate["passed"]:
+            return
+        self.stage("promote")
+        self.heartbeat.check()
+        try:
+            self.registry.promote(
+                version, reason=f"job {self.record['id']}: {gate['reason']}", expected_etag=etag
+            )
+        except AliasConflict as exc:
+            self.record["note"] = f"not promoted: {exc}"
+            return
+        self.record.update(promoted=True, note="promoted")
+
     def run(self, work: Path, channels: Path | None) -> dict[str, Any]:
         """Runs every stage; returns the final (succeeded) record."""
-        settings, data = self.settings, work / "data"
+        data = work / "data"
         pending = list(self.store.list(PENDING))
-        self.stage("snapshot")
+        self.stage("snapshot", pending=len(pending))
         counts = snapshot(self.store, data, channels)
+        self.record["data"] = counts
         live_dir, live_etag = self.live_model(work, channels)
         if not counts["seg_test"]:
             raise JobFailed("the data bucket has no test split (test/<class>/...)")
         if live_dir is not None:
-            missing = set(json.loads((live_dir / "labels.json").read_text())) - set(
-                counts["seg_train"]
-            )
+            live_classes = set(json.loads((live_dir / "labels.json").read_text()))
+            missing = sorted(live_classes - set(counts["seg_train"]))
             if missing:
-                raise JobFailed(f"no training images of the live model's classes {sorted(missing)}")
-        warm = self.record.get("mode", "warm") == "warm" and live_dir is not None
-        self.stage("train", data=counts, warm_start=warm, pending=len(pending))
-        train_out, model_out = work / "train", work / "model"
-        self.script(
-            "train.py",
-            "--data",
-            data,
-            "--out",
-            train_out,
-            *settings.train_args,
-            *(("--warm-start", live_dir / "model.keras") if warm else ()),
-        )
-        self.stage("convert")
-        self.script(
-            "convert.py",
-            "--model-dir",
-            train_out,
-            "--data",
-            data,
-            "--out",
-            model_out,
-            "--quantization",
-            settings.quantization,
-            "--name",
-            settings.model_name,
-        )
-        self.stage("evaluate")
-        test_dir = data / "seg_test"
-        new_eval = evaluate_tflite(model_out, test_dir)
-        live_eval = evaluate_tflite(live_dir, test_dir) if live_dir is not None else None
-        gate = quality_gate(new_eval, live_eval, settings.quality_tolerance)
-        metrics = json.loads((model_out / "metrics.json").read_text())
-        metrics.update(
-            evaluation=new_eval,
-            live_evaluation=live_eval
-            and {"version": self.record.get("compared_with"), **live_eval},
-            gate=gate,
-            job={"id": self.record["id"], "mode": self.record.get("mode"), "data": counts},
-        )
-        (model_out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-        summary = {m: new_eval[m] for m in GATE_METRICS}
-        self.stage("publish", evaluation=summary, gate=gate)
-        self.heartbeat.check()
-        version = self.registry.publish(model_out, images_dir=test_dir)
-        promoted, note = False, f"not promoted: {gate['reason']}"
-        if gate["passed"]:
-            self.stage("promote", version=version)
-            self.heartbeat.check()
-            try:
-                self.registry.promote(
-                    version,
-                    reason=f"job {self.record['id']}: {gate['reason']}",
-                    expected_etag=live_etag,
-                )
-                promoted, note = True, "promoted"
-            except AliasConflict as exc:
-                note = f"not promoted: {exc}"
+                raise JobFailed(f"no training images of the live model's classes {missing}")
+        model_dir = work / "model"
+        self.train(data, live_dir, model_dir)
+        gate = self.evaluate(model_dir, live_dir, data / "seg_test")
+        self.publish(model_dir, data / "seg_test", gate, live_etag)
+        # What this job trained on is no longer new (markers that arrived since stay).
         for key in pending:
             self.store.delete(key)
-        return write_job(
-            self.store,
-            self.record,
-            status="succeeded",
-            version=version,
-            promoted=promoted,
-            note=note,
-            finished_at=iso(now()),
-        )
+        return write_job(self.store, self.record, status="succeeded", finished_at=iso(now()))
 
 
 def run_job(
@@ -367,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channels", type=Path, help="SageMaker input channels folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[job] %(levelname)s %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     settings = RetrainSettings.from_env()
     store = open_store(f"s3://{settings.data_bucket}")
     registry = open_registry(settings.model_registry_uri, settings.model_name)

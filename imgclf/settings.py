@@ -30,6 +30,9 @@ ENV_URL_TIMEOUT_SECONDS = "URL_TIMEOUT_SECONDS"
 ENV_URL_MAX_BYTES = "URL_MAX_BYTES"
 ENV_URL_MAX_REDIRECTS = "URL_MAX_REDIRECTS"
 ENV_ALLOW_PRIVATE_URLS = "ALLOW_PRIVATE_URLS"
+# Powertools' own names (its Logger also reads LOG_LEVEL itself).
+ENV_POWERTOOLS_SERVICE_NAME = "POWERTOOLS_SERVICE_NAME"
+ENV_POWERTOOLS_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -79,6 +82,8 @@ class ServeSettings:
     url_max_bytes: int = 4_500_000
     url_max_redirects: int = 3
     allow_private_urls: bool = False
+    service_name: str = "imgclf"
+    metrics_namespace: str = "imgclf"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -103,6 +108,9 @@ class ServeSettings:
             url_max_bytes=_int(env, ENV_URL_MAX_BYTES, d.url_max_bytes),
             url_max_redirects=_int(env, ENV_URL_MAX_REDIRECTS, d.url_max_redirects),
             allow_private_urls=_bool(env, ENV_ALLOW_PRIVATE_URLS, d.allow_private_urls),
+            service_name=env.get(ENV_POWERTOOLS_SERVICE_NAME, "").strip() or d.service_name,
+            metrics_namespace=env.get(ENV_POWERTOOLS_METRICS_NAMESPACE, "").strip()
+            or d.metrics_namespace,
         )
 
 

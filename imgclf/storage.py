@@ -127,9 +127,18 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.client = client or boto3.client(
-            "s3", config=Config(retries={"mode": "standard", "max_attempts": 5})
-        )
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made on first use (so that opening a store needs no AWS settings)."""
+        if self._client is None:
+            # A pool as large as the training job's download threads, so none waits for a socket.
+            config = Config(
+                retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=16
+            )
+            self._client = boto3.client("s3", config=config)
+        return self._client
 
     def _key(self, key: str) -> str:
         return self.prefix + key

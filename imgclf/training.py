@@ -1,4 +1,4 @@
-"""The training stage: Keras Tuner search, final fit on train+validation, test evaluation, artifacts.
+"""The training stage: Keras Tuner search, final fit on train+validation, evaluation, artifacts.
 
 ``run(config)`` is what ``train.py`` calls and what a retraining job calls; it writes
 ``model.keras``, ``labels.json``, ``metrics.json`` and ``plots/*.png`` into ``config.out``.
@@ -81,8 +81,13 @@ def _make_tuner(config: TrainConfig, hypermodel: SceneHyperModel) -> kt.Tuner:
 def search(config: TrainConfig, train: Dataset, val: Dataset) -> tuple[Hyperparameters, dict]:
     """Runs (or resumes) the hyperparameter search and returns the best point with a summary."""
     hypermodel = SceneHyperModel(
-        len(train.classes), config.image_size, config.image_size, config.batch_size, config.seed,
-        config.backbone, config.weights,
+        len(train.classes),
+        config.image_size,
+        config.image_size,
+        config.batch_size,
+        config.seed,
+        config.backbone,
+        config.weights,
     )
     tuner = _make_tuner(config, hypermodel)
     tuner.search_space_summary()
@@ -90,7 +95,9 @@ def search(config: TrainConfig, train: Dataset, val: Dataset) -> tuple[Hyperpara
     tuner.search(train.x, train.y, validation_data=(val.x, val.y), epochs=epochs, verbose=2)
     done = [t for t in tuner.oracle.get_best_trials(num_trials=10_000) if t.score is not None]
     if not done:
-        raise RuntimeError(f"no trial of the search completed; see the errors above ({tuner.project_dir})")
+        raise RuntimeError(
+            f"no trial of the search completed; see the errors above ({tuner.project_dir})"
+        )
     best = done[0].hyperparameters
     trials = [
         {"trial_id": t.trial_id, "score": t.score, "hyperparameters": t.hyperparameters.values}

@@ -19,7 +19,10 @@ def run(path: Path, timeout: int = 600, save: bool = True) -> nbformat.NotebookN
     """Executes ``path`` with the repository root as working directory and returns the notebook."""
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ROOT)}},
     ).execute()
     if save:
         nbformat.write(notebook, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 import numpy as np
@@ -34,7 +37,9 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
     return buffer.getvalue()
 
 
-def scene_image(label: str = "forest", seed: int = 0, size: tuple[int, int] | None = None) -> Image.Image:
+def scene_image(
+    label: str = "forest", seed: int = 0, size: tuple[int, int] | None = None
+) -> Image.Image:
     """One drawn sample scene (150x150, or resized to ``size``)."""
     img = make_sample_data.draw_scene(label, np.random.default_rng(seed))
     return img.resize(size) if size else img
@@ -83,16 +88,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_stack(log_path: Path, static_dir: Path, workers: int = 2) -> RunningStack:
+def start_stack(
+    log_path: Path, data_dir: Path, workers: int = 2, env: dict[str, str] | None = None
+) -> RunningStack:
     """Starts ``python -m imgclf.local`` on free ports; returns once it printed its banner."""
     ports = {name: free_port() for name in ("--port", "--s3-port", "--static-port")}
     args = [arg for name, port in ports.items() for arg in (name, str(port))]
     command = [sys.executable, "-m", "imgclf.local", *args, f"--workers={workers}"]
     # Uploads in the tests must reach the retrain handler without starting a training run.
-    env = {**os.environ, "RETRAIN_MIN_NEW_IMAGES": "100000"}
+    env = {**os.environ, "RETRAIN_MIN_NEW_IMAGES": "100000", **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, f"--data-dir={static_dir}"], cwd=ROOT, stdout=log, stderr=log, env=env
+            [*command, f"--data-dir={data_dir}"], cwd=ROOT, stdout=log, stderr=log, env=env
         )
     stack = RunningStack(
         process,
@@ -153,3 +160,45 @@ def new_bucket(aws_env: str) -> Callable[[str], str]:
         return name
 
     return create
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """Loads one event of events/ (generated with ``sam local generate-event``)."""
+    return json.loads((ROOT / "events" / f"{name}.json").read_text())
+
+
+def s3_put_event(bucket: str, key: str, etag: str, size: int) -> dict[str, Any]:
+    """The event S3 sends for a PUT (events/s3_put.json), the key URL-encoded as S3 does it."""
+    event = load_event("s3_put")
+    record = event["Records"][0]["s3"]
+    record["object"].update(key=quote_plus(key, safe="/"), eTag=etag.strip('"'), size=size)
+    record["bucket"].update(name=bucket, arn=f"arn:aws:s3:::{bucket}")
+    return event
+
+
+def upload(bucket: str, key: str, data: bytes) -> dict[str, Any]:
+    """Uploads an object (to wherever boto3 points) and returns the S3 event announcing it."""
+    etag = boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
+    return s3_put_event(bucket, key, etag, len(data))
+
+
+# ---- the deploy tools of .venv-sam (SAM CLI, cfn-lint, hadolint), run offline ------------------
+def run_deploy_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Runs ``.venv-sam/bin/<name> ARGS`` from the repository root without AWS credentials.
+
+    Fails the test, saying how to install them, when the tools are missing.
+    """
+    tool = ROOT / ".venv-sam" / "bin" / name
+    if not tool.exists():
+        pytest.fail(f"{tool} is missing: run `make .venv-sam/.installed`")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(SAM_CLI_TELEMETRY="0", AWS_EC2_METADATA_DISABLED="true")
+    return subprocess.run(
+        [str(tool), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -230,6 +230,8 @@ def test_internal_addresses_are_refused_and_never_connected(listener: Listener) 
         "http://user:pass@example.com/x.jpg",
         "http://[::1/",
         "http://example.com:99999/",
+        "http://example.com/a.jpg\r\nX-Injected: 1",
+        "http://example.com/a b.jpg",
         "",
     ],
 )

@@ -1,4 +1,4 @@
-"""A tiny real run of the pipeline: Keras Tuner search -> final fit -> evaluation -> TFLite + parity."""
+"""A tiny real run of the pipeline: Keras Tuner search, final fit, evaluation, TFLite + parity."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
-import convert
 import keras
 import numpy as np
 import pytest
-import train
 from conftest import encode, scene_image
 
+import convert
+import train
 from imgclf.data import find_splits, load_split
 from imgclf.model import make_dataset
 from imgclf.preprocess import load_image
@@ -25,7 +25,10 @@ SIZE = "48"
 @pytest.fixture(scope="module")
 def trained(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train")
-    assert train.main(["--data", str(sample_data), "--out", str(out), "--quick", "--image-size", SIZE]) == 0
+    assert (
+        train.main(["--data", str(sample_data), "--out", str(out), "--quick", "--image-size", SIZE])
+        == 0
+    )
     return out
 
 
@@ -38,8 +41,13 @@ def converted(trained: Path, sample_data: Path, tmp_path_factory: pytest.TempPat
 
 
 def test_training_writes_the_artifacts(trained: Path) -> None:
-    for name in ("model.keras", "labels.json", "metrics.json", "plots/training_curves.png",
-                 "plots/confusion_matrix.png"):
+    for name in (
+        "model.keras",
+        "labels.json",
+        "metrics.json",
+        "plots/training_curves.png",
+        "plots/confusion_matrix.png",
+    ):
         assert (trained / name).stat().st_size > 0, name
     labels = json.loads((trained / "labels.json").read_text())
     assert labels == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
@@ -48,12 +56,19 @@ def test_training_writes_the_artifacts(trained: Path) -> None:
     assert set(metrics["per_class"]) == set(labels)
     assert np.asarray(metrics["confusion_matrix"]).sum() == metrics["count"] == 24
     assert len(metrics["tuner"]["trials"]) == 2
-    assert set(metrics["hyperparameters"]) >= {"conv_blocks", "filters", "learning_rate", "augmentation"}
+    assert set(metrics["hyperparameters"]) >= {
+        "conv_blocks",
+        "filters",
+        "learning_rate",
+        "augmentation",
+    }
     assert metrics["data"]["test"] == dict.fromkeys(labels, 4)
     assert metrics["seed"] == 0 and "keras-tuner" in metrics["versions"]
 
 
-def test_an_interrupted_search_resumes(trained: Path, sample_data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_interrupted_search_resumes(
+    trained: Path, sample_data: Path, capsys: pytest.CaptureFixture
+) -> None:
     trials = sorted(p.name for p in (trained / "tuner" / "random").glob("trial_*"))
     rerun = ["--data", str(sample_data), "--out", str(trained), "--quick", "--image-size", SIZE]
     assert train.main(rerun) == 0
@@ -61,7 +76,9 @@ def test_an_interrupted_search_resumes(trained: Path, sample_data: Path, capsys:
     assert sorted(p.name for p in (trained / "tuner" / "random").glob("trial_*")) == trials
 
 
-def test_conversion_writes_a_manifest_that_describes_the_model(converted: Path, trained: Path) -> None:
+def test_conversion_writes_a_manifest_that_describes_the_model(
+    converted: Path, trained: Path
+) -> None:
     manifest = json.loads((converted / "manifest.json").read_text())
     content = (converted / "model.tflite").read_bytes()
     import hashlib
@@ -117,7 +134,9 @@ def test_conversion_refuses_a_model_that_fails_parity(sample_data: Path, tmp_pat
     model_dir = tmp_path / "tie"
     model_dir.mkdir()
     model.save(model_dir / "model.keras")
-    (model_dir / "labels.json").write_text(json.dumps(sorted(["buildings", "forest", "glacier", "mountain", "sea", "street"])))
+    (model_dir / "labels.json").write_text(
+        json.dumps(sorted(["buildings", "forest", "glacier", "mountain", "sea", "street"]))
+    )
     (model_dir / "metrics.json").write_text(json.dumps({"accuracy": 0.2, "macro_f1": 0.1}))
     out = tmp_path / "out"
     args = ["--model-dir", str(model_dir), "--data", str(sample_data), "--out", str(out)]
@@ -135,9 +154,20 @@ def test_warm_start_fine_tunes_and_adapts_to_a_new_class(
         folder = data / split / "desert"
         folder.mkdir()
         for i in range(count):
-            (folder / f"{i}.jpg").write_bytes(encode(scene_image("glacier", seed=100 + i).convert("L").convert("RGB")))
+            (folder / f"{i}.jpg").write_bytes(
+                encode(scene_image("glacier", seed=100 + i).convert("L").convert("RGB"))
+            )
     out = tmp_path / "warm"
-    argv = ["--data", str(data), "--out", str(out), "--warm-start", str(trained / "model.keras"), "--epochs", "1"]
+    argv = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--warm-start",
+        str(trained / "model.keras"),
+        "--epochs",
+        "1",
+    ]
     assert train.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["warm_start"] and metrics["tuner"] is None
@@ -145,7 +175,9 @@ def test_warm_start_fine_tunes_and_adapts_to_a_new_class(
     assert keras.models.load_model(out / "model.keras").output_shape == (None, 7)
 
 
-def test_a_dataset_with_one_class_fails_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_dataset_with_one_class_fails_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     for split in ("seg_train", "seg_test"):
         (tmp_path / split / "forest").mkdir(parents=True)
         (tmp_path / split / "forest" / "a.jpg").write_bytes(encode(scene_image("forest")))

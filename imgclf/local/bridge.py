@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from typing import Any
+from urllib.parse import unquote_plus
 
 import boto3
 
@@ -28,7 +29,8 @@ from imgclf.local.context import Handler, LambdaContext, import_handler
 RETRY_DELAY_SECONDS = 5
 POLL_SECONDS = 1
 
-log = logging.getLogger("imgclf.local.bridge")
+# Not under "imgclf": Powertools' Logger in the handler owns that name (service imgclf).
+log = logging.getLogger("bridge")
 
 
 def _ms_since(started: float) -> float:
@@ -73,12 +75,18 @@ class Bridge:
             message: an SQS message whose body is an S3 event notification.
         """
         receipt = message["ReceiptHandle"]
-        event = json.loads(message["Body"])
-        if "Records" not in event:
-            # s3:TestEvent, sent when the notification is configured; Lambda never sees it.
+        try:
+            event = json.loads(message["Body"])
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or "Records" not in event:
+            # s3:TestEvent, sent when the notification is configured: Lambda never sees it.
+            log.info("skipped a message that is not an S3 event: %.200s", message["Body"])
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
             return
-        keys = [r["s3"]["object"]["key"] for r in event["Records"]]
+        keys = [
+            unquote_plus(r.get("s3", {}).get("object", {}).get("key", "")) for r in event["Records"]
+        ]
         context = LambdaContext(self.function_name, self.timeout)
         log.info("START RequestId: %s keys=%s", context.aws_request_id, keys)
         started = time.perf_counter()

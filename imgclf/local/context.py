@@ -28,7 +28,7 @@ class LambdaContext:
     memory_limit_in_mb: int = 1024
     function_version: str = "$LATEST"
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    _deadline: float = field(default=0.0, repr=False)
+    _deadline: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._deadline = time.monotonic() + self.timeout_seconds

@@ -191,7 +191,15 @@ class Gateway:
         log.info("INIT %s in worker %d: %.1f ms", handler_path, os.getpid(), self.init_ms)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """Serves one HTTP request through the handler."""
+        """Serves one HTTP request through the handler (the WSGI entry point).
+
+        Args:
+            environ: the WSGI environment.
+            start_response: the WSGI callback for the status and headers.
+
+        Returns:
+            The response body.
+        """
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
         status, headers, body = self._serve(environ, request_id)

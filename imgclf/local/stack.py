@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,7 +61,11 @@ DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
 # Variables that would point boto3 at a real account or profile instead of the local endpoint.
 AWS_ACCOUNT_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN")
 
-log = logging.getLogger("imgclf.local")
+log = logging.getLogger("stack")
+
+
+class StackError(Exception):
+    """The stack could not start; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ def function_environment(config: StackConfig) -> dict[str, str]:
         "POWERTOOLS_METRICS_NAMESPACE": "imgclf",
         # The explicit local-development setting: URL inputs may come from the loopback server.
         "ALLOW_PRIVATE_URLS": "true",
+        # boto3 would send loopback requests through a proxy set in the environment.
+        "NO_PROXY": ",".join(filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1,localhost"])),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -171,19 +178,36 @@ def seed_registry(config: StackConfig) -> str:
     return version
 
 
+def _since(started: float) -> str:
+    return f"{time.perf_counter() - started:.1f} s"
+
+
+def _check_free(host: str, port: int, option: str) -> None:
+    # moto's server thread would hang on a taken port and gunicorn would retry for seconds.
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            message = f"{host}:{port} is taken ({exc.strerror}): free it or pass {option}"
+            raise StackError(message) from exc
+
+
 def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    # Straight to loopback, whatever HTTP_PROXY says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the gateway exited with code {process.returncode}")
+            raise StackError(f"the gateway exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+            with opener.open(f"{url}/health", timeout=5) as answer:
                 if answer.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"the gateway did not answer {url}/health within {timeout:.0f} s")
+    raise StackError(f"the gateway did not answer {url}/health within {timeout:.0f} s")
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float) -> None:
@@ -211,17 +235,22 @@ class LocalStack:
     def start(self) -> None:
         """Starts everything and returns when the gateway answers ``GET /health``."""
         config = self.config
+        _check_free(config.host, config.s3_port, "--s3-port")
+        _check_free(config.host, config.port, "--port")
+        _check_free(config.host, config.static_port, "--static-port")
         self.moto = ThreadedMotoServer(ip_address=config.host, port=config.s3_port, verbose=False)
         self.moto.start()
         # Set in this process too: the registry code below and both children use boto3 defaults.
         for name in AWS_ACCOUNT_VARIABLES:
             os.environ.pop(name, None)
         os.environ.update(function_environment(config))
+        started = time.perf_counter()
         queue_url = create_resources()
         self.model_version = seed_registry(config)
-        self.seeded = seed_data(open_store(f"s3://{DATA_BUCKET}"), config.data_dir)
-        self.static = StaticServer(config.data_dir, config.host, config.static_port)
-        self.static.start()
+        log.info(
+            "registry: %s v%s live (%s)", config.model_name, self.model_version, _since(started)
+        )
+        # The workers' cold starts overlap with seeding the data bucket.
         self.processes["gateway"] = self._spawn(
             "imgclf.local.gateway",
             f"--bind={config.host}:{config.port}",
@@ -231,6 +260,11 @@ class LocalStack:
         self.processes["bridge"] = self._spawn(
             "imgclf.local.bridge", f"--queue-url={queue_url}", f"--timeout={config.retrain_timeout}"
         )
+        started = time.perf_counter()
+        self.seeded = seed_data(open_store(f"s3://{DATA_BUCKET}"), config.data_dir)
+        log.info("data bucket: %s from %s (%s)", self.seeded, config.data_dir, _since(started))
+        self.static = StaticServer(config.data_dir, config.host, config.static_port)
+        self.static.start()
         _wait_until_healthy(config.api_url, self.processes["gateway"], timeout=120)
 
     def _spawn(self, module: str, *args: str) -> subprocess.Popen[bytes]:
@@ -345,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         print(stack.banner(), flush=True)
         failed = stack.wait()
         log.error("%s exited with code %s: stopping", failed, stack.processes[failed].returncode)
+        return 1
+    except StackError as exc:
+        log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
         log.info("stopping")

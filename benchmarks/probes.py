@@ -1,0 +1,241 @@
+"""What runs inside each benchmark process: ``python -m benchmarks.probes KIND SPEC.json OUT.json``.
+
+The parent (``benchmarks.run``) starts one fresh process per configuration, pinned to one core,
+and reads the figures back from ``OUT.json``. Kinds:
+
+- ``serving``: ``lambda_func.lambda_handler`` on HTTP API events (MODEL_DIR chooses the model), and
+  the two parts nothing can avoid, decode + resize (``load_image``) and the model's ``predict``;
+- ``keras``: the usual way, a TensorFlow process calling ``model.predict`` per request;
+- ``peak``: the core's float32 peak, as one-thread numpy matmuls reach it;
+- ``convert``: ``convert.py`` for every quantisation it offers (not timed, not pinned).
+
+Only the ``keras`` and ``convert`` kinds import TensorFlow, and only inside their functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.inputs import predict_event, summarize
+from imgclf.preprocess import load_image
+from imgclf.runtime import find_runtime
+
+WARMUP_CALLS = 5
+# The ops whose multiply-accumulates make up a CNN; pooling and activations are a rounding error.
+_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def time_calls(call: Callable[[], Any], iterations: int, warmup: int = WARMUP_CALLS) -> list[float]:
+    """Calls ``call`` ``warmup`` times untimed, then ``iterations`` times timed.
+
+    Returns:
+        The timed calls' durations in milliseconds.
+    """
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+
+
+def count_macs(model_content: bytes) -> int:
+    """Multiply-accumulates of one inference of a TFLite model, from its ops and tensor shapes.
+
+    Counts convolutions and fully connected layers, as TensorFlow's converter estimate does. The
+    interpreter's op list is a private method, but it reads the very flatbuffer that is served.
+
+    Args:
+        model_content: the ``.tflite`` flatbuffer.
+
+    Returns:
+        The number of MACs.
+    """
+    interpreter = find_runtime().interpreter_class(model_content=model_content)
+    shapes = {t["index"]: [int(d) for d in t["shape"]] for t in interpreter.get_tensor_details()}
+    macs = 0
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in _MAC_OPS:
+            continue
+        outputs = int(np.prod(shapes[op["outputs"][0]]))
+        weights = shapes[op["inputs"][1]]
+        if op["op_name"] == "CONV_2D":  # filter (out, kh, kw, in / groups)
+            macs += outputs * weights[1] * weights[2] * weights[3]
+        elif op["op_name"] == "DEPTHWISE_CONV_2D":  # filter (1, kh, kw, out)
+            macs += outputs * weights[1] * weights[2]
+        else:  # weights (out, in)
+            macs += outputs * weights[1]
+    return macs
+
+
+def serving(spec: dict[str, Any]) -> dict[str, Any]:
+    """Times the handler, decode + resize and predict on each input, with the model in MODEL_DIR.
+
+    Args:
+        spec: ``{"inputs": [{"name", "path", "media_type"}], "iterations"}``.
+
+    Returns:
+        Per input ``{"handler", "decode", "invoke"}`` summaries, the model's MACs, quantisation,
+        runtime and the process's peak RSS.
+    """
+    import lambda_func  # noqa: PLC0415 - importing it loads the model (MODEL_DIR)
+
+    loaded = lambda_func.models.get()
+    model, limits = loaded.model, lambda_func.settings.image_limits
+    results = {}
+    # The log line and the metrics are still formatted per request, as in Lambda, then discarded.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        previous = lambda_func.logger.registered_handler.setStream(devnull)
+        try:
+            for item in spec["inputs"]:
+                data = Path(item["path"]).read_bytes()
+                event = predict_event(data, item["media_type"])
+
+                def handle(event: dict[str, Any] = event) -> None:
+                    response = lambda_func.lambda_handler(event, None)
+                    if response["statusCode"] != 200:
+                        raise RuntimeError(f"handler answered {response}")
+
+                pixels = load_image(data, model.height, model.width, limits)
+                results[item["name"]] = {
+                    "handler": summarize(time_calls(handle, spec["iterations"])),
+                    "decode": summarize(
+                        time_calls(
+                            lambda data=data: load_image(data, model.height, model.width, limits),
+                            spec["iterations"],
+                        )
+                    ),
+                    "invoke": summarize(
+                        time_calls(lambda pixels=pixels: model.predict(pixels), spec["iterations"])
+                    ),
+                }
+        finally:
+            lambda_func.logger.registered_handler.setStream(previous)
+    content = (lambda_func.settings.model_dir / "model.tflite").read_bytes()
+    return {
+        "inputs": results,
+        "macs": count_macs(content),
+        "quantization": loaded.manifest.get("quantization"),
+        "runtime": {"name": model.runtime.name, "version": model.runtime.version},
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def keras(spec: dict[str, Any]) -> dict[str, Any]:
+    """Times the usual way of serving the Keras model, in a one-thread TensorFlow process.
+
+    Per input: ``tutorial`` (PIL open, convert RGB, resize, ``np.array``, ``model.predict``),
+    ``predict`` (``model.predict`` on the array ``load_image`` returns, the same pixels the
+    handler classifies) and ``call`` (``model(x)``, what a TensorFlow server tuned for one image
+    at a time does instead of ``predict``).
+
+    Args:
+        spec: ``{"model_path", "inputs": [{"name", "path"}], "iterations"}``.
+
+    Returns:
+        Per input the three summaries, the TensorFlow version and the process's peak RSS.
+    """
+    import tensorflow as tf  # noqa: PLC0415 - the only kinds that need TensorFlow import it
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras  # noqa: PLC0415
+
+    model = keras.models.load_model(spec["model_path"])
+    height, width = model.input_shape[1:3]
+    results = {}
+    for item in spec["inputs"]:
+        data = Path(item["path"]).read_bytes()
+
+        def tutorial(data: bytes = data) -> None:
+            img = Image.open(io.BytesIO(data)).convert("RGB").resize((width, height))
+            x = np.expand_dims(np.array(img, dtype=np.float32), 0)
+            model.predict(x, verbose=0)
+
+        x = load_image(data, height, width)[np.newaxis].astype(np.float32)
+        results[item["name"]] = {
+            "tutorial": summarize(time_calls(tutorial, spec["iterations"], warmup=3)),
+            "predict": summarize(
+                time_calls(lambda x=x: model.predict(x, verbose=0), spec["iterations"], warmup=3)
+            ),
+            "call": summarize(
+                time_calls(lambda x=x: model(x, training=False), spec["iterations"], warmup=3)
+            ),
+        }
+    return {"inputs": results, "tensorflow": tf.__version__, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak(spec: dict[str, Any]) -> dict[str, Any]:
+    """Measures the core's float32 peak with square matmuls (one BLAS thread, set by the parent).
+
+    Args:
+        spec: ``{"size", "repeats"}``.
+
+    Returns:
+        ``{"gflops"}``, the best of ``repeats`` timed matmuls, and the BLAS numpy uses.
+    """
+    n = spec["size"]
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    best = min(time_calls(lambda: a @ b, spec["repeats"], warmup=2)) / 1000
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    return {"gflops": 2 * n**3 / best / 1e9, "blas": f"{blas['name']} {blas['version']}"}
+
+
+def convert(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs ``convert.py`` (with ``--force``) once per quantisation into ``out/<quantisation>``.
+
+    Args:
+        spec: ``{"model_dir", "data", "out", "quantizations"}``.
+
+    Returns:
+        quantisation -> the model directory written, or the exit code when it failed.
+    """
+    import convert as convert_cli  # noqa: PLC0415 - imports TensorFlow
+
+    written = {}
+    for quantization in spec["quantizations"]:
+        out = Path(spec["out"]) / quantization
+        args = ["--model-dir", spec["model_dir"], "--data", spec["data"], "--out", str(out)]
+        code = convert_cli.main([*args, "--quantization", quantization, "--force"])
+        written[quantization] = str(out) if code == 0 else code
+    return written
+
+
+PROBES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "serving": serving,
+    "keras": keras,
+    "peak": peak,
+    "convert": convert,
+}
+
+
+def main(argv: list[str]) -> int:
+    """``KIND SPEC.json OUT.json``: runs one probe and writes its result."""
+    kind, spec_path, out_path = argv
+    result = PROBES[kind](json.loads(Path(spec_path).read_text()))
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

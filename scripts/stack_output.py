@@ -1,0 +1,48 @@
+"""Prints outputs of a deployed CloudFormation stack, one value per line, in the order asked.
+
+Usage: python scripts/stack_output.py STACK KEY [KEY ...]
+       (region and credentials as boto3 finds them, e.g. AWS_DEFAULT_REGION and AWS_PROFILE)
+
+The deploy targets of the Makefile and scripts/publish_model.sh read the stack's buckets, registry
+and functions with it (template.yaml's Outputs name them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import boto3
+
+
+def stack_outputs(stack_name: str) -> dict[str, str]:
+    """Returns a stack's outputs by key.
+
+    Args:
+        stack_name: the deployed stack's name.
+
+    Returns:
+        ``{OutputKey: OutputValue}``.
+    """
+    stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the values; exits 1 when the stack lacks one of the keys."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stack", help="the stack's name")
+    parser.add_argument("keys", nargs="+", help="output keys, e.g. ApiUrl DataBucketName")
+    args = parser.parse_args(argv)
+    outputs = stack_outputs(args.stack)
+    missing = [k for k in args.keys if k not in outputs]
+    if missing:
+        print(f"stack {args.stack} has no output {', '.join(missing)}", file=sys.stderr)
+        return 1
+    print("\n".join(outputs[k] for k in args.keys))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
