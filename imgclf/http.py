@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.policy
 import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from email.parser import BytesParser
 from typing import Any
 
+import multipart
 from aws_lambda_powertools import Logger, Metrics, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -168,26 +167,33 @@ def multipart_file(request: Request, fields: tuple[str, ...]) -> bytes:
         The field's bytes, exactly as sent.
 
     Raises:
-        BadRequest: no boundary, a malformed body, or none of the fields present.
+        BadRequest: no boundary, a malformed or incomplete body, or none of the fields present.
     """
-    content_type = request.headers.get("content-type", "")
-    if "boundary=" not in content_type or "\r" in content_type or "\n" in content_type:
+    _, options = multipart.parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get("boundary")
+    if not boundary:
         raise BadRequest("multipart/form-data needs a boundary", code="invalid_multipart")
-    # The stdlib MIME parser handles quoting, part headers and binary content; it only needs the
-    # Content-Type header in front of the body.
-    message = BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + request.body
-    )
-    parts = {}
-    if message.is_multipart():
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if isinstance(name, str):
-                parts.setdefault(name, part)
-    for name in fields:
-        if name in parts:
-            payload = parts[name].get_payload(decode=True)
-            return payload if isinstance(payload, bytes) else b""
+    found: dict[str, bytes] = {}
+    name = ""
+    chunks: list[bytes] = []
+    try:
+        # The whole body is one chunk; leaving the block checks that the final boundary came.
+        with multipart.PushMultipartParser(boundary, len(request.body)) as parser:
+            for event in parser.parse(request.body):
+                if isinstance(event, multipart.MultipartSegment):
+                    name, chunks = event.name, []
+                elif event is None:
+                    # Only the first part of each wanted name is kept, so other fields cost nothing.
+                    if name in fields:
+                        found.setdefault(name, b"".join(chunks))
+                elif name in fields:
+                    chunks.append(event)
+    # UnicodeError: a boundary that is not encodable (lone surrogates from the event's JSON).
+    except (multipart.MultipartError, UnicodeError) as exc:
+        raise BadRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
+    for wanted in fields:
+        if wanted in found:
+            return found[wanted]
     raise BadRequest(
         f"the multipart body has no field {' or '.join(map(repr, fields))}",
         code="invalid_multipart",

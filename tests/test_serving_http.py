@@ -13,7 +13,12 @@ from imgclf.errors import BadRequest, PayloadTooLarge
 from imgclf.http import Request, decode_base64, json_body, multipart_file, parse_event, response
 
 # Bytes a naive multipart splitter gets wrong: CR/LF pairs, near-boundaries, every byte value.
-TRICKY = bytes(range(256)) * 4 + b"\r\n\r\n--\r\n--boundar\r\n--boundaryX" + b"\n\r\x00" * 100
+# (Not "CRLF--boundaryX": RFC 2046 5.1.1 makes any line that starts with the boundary a delimiter.)
+TRICKY = (
+    bytes(range(256)) * 4
+    + b"\r\n\r\n--\r\n--boundar\r\n-boundary\r\n\n--boundary\r--boundary x--boundary--"
+    + b"\n\r\x00" * 100
+)
 
 
 @pytest.mark.parametrize(
@@ -84,6 +89,14 @@ def test_multipart_keeps_binary_content_exact() -> None:
     assert multipart_file(request, ("file", "image")) == TRICKY
 
 
+def test_multipart_unicode_names_are_fine() -> None:
+    body, content_type = urllib3.encode_multipart_formdata(
+        {"légende": "été ☀", "image": ("фото 📷.jpg", b"pixels"), "fïle": ("a.jpg", b"other")}
+    )
+    request = Request("POST", "/predict", {"content-type": content_type}, body=body)
+    assert multipart_file(request, ("file", "image")) == b"pixels"
+
+
 def test_multipart_prefers_file_then_image() -> None:
     body, content_type = urllib3.encode_multipart_formdata(
         {"image": ("b.jpg", b"second"), "file": ("a.jpg", b"first")}
@@ -93,6 +106,9 @@ def test_multipart_prefers_file_then_image() -> None:
     assert multipart_file(request, ("image",)) == b"second"
 
 
+PART = b'--x\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
+
+
 @pytest.mark.parametrize(
     ("content_type", "body"),
     [
@@ -100,6 +116,16 @@ def test_multipart_prefers_file_then_image() -> None:
         ("multipart/form-data; boundary=x", b"no parts at all"),
         ("multipart/form-data; boundary=x", b"--x\r\nContent-Type: text/plain\r\n\r\nabc\r\n--x--"),
         ("multipart/form-data; boundary=x\r\nX-Injected: 1", b""),
+        ('multipart/form-data; boundary=""', b"--\r\n\r\nabc\r\n----"),  # empty boundary
+        ("multipart/form-data; boundary=\ud800", b""),  # a boundary UTF-8 cannot encode
+        ("multipart/form-data; boundary=x", PART + b"abc"),  # no final boundary
+        ("multipart/form-data; boundary=x", PART + b"ab\r\n--xY\r\n--x--"),  # RFC 2046 5.1.1
+        ("multipart/form-data; boundary=x", PART.replace(b"\r\n", b"\n") + b"abc\n--x--"),  # LF
+        ("multipart/form-data; boundary=x", b"--x\r\nno colon\r\n\r\nabc\r\n--x--"),
+        ("multipart/form-data; boundary=x", PART.replace(b"file", b"f\xffile") + b"a\r\n--x--"),
+        # A huge part header line, then a huge number of part header lines.
+        ("multipart/form-data; boundary=x", PART.replace(b"file", b"f" * 10**5) + b"a\r\n--x--"),
+        ("multipart/form-data; boundary=x", b"--x\r\n" + b"X-A: 1\r\n" * 10**4 + b"\r\n--x--"),
     ],
 )
 def test_malformed_multipart_is_400(content_type: str, body: bytes) -> None:
