@@ -21,9 +21,9 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -33,23 +33,35 @@ from imgclf.preprocess import load_image
 from imgclf.runtime import find_runtime
 
 WARMUP_CALLS = 5
+Key = TypeVar("Key", bound=Hashable)
 # The ops whose multiply-accumulates make up a CNN; pooling and activations are a rounding error.
 _MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
-def time_calls(call: Callable[[], Any], iterations: int, warmup: int = WARMUP_CALLS) -> list[float]:
-    """Calls ``call`` ``warmup`` times untimed, then ``iterations`` times timed.
+def time_round_robin(
+    calls: dict[Key, Callable[[], Any]], iterations: int, warmup: int = WARMUP_CALLS
+) -> dict[Key, list[float]]:
+    """Times several calls in turn, one of each per round, so that they share the same noise.
+
+    On a shared machine a burst of load then slows every call a little rather than one call
+    a lot, and the ratios between them hold.
+
+    Args:
+        calls: what to time, by key.
+        iterations: timed rounds (after ``warmup`` untimed ones).
+        warmup: untimed rounds.
 
     Returns:
-        The timed calls' durations in milliseconds.
+        The durations in milliseconds, by key.
     """
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1000)
+    samples: dict[Key, list[float]] = {key: [] for key in calls}
+    for round_index in range(warmup + iterations):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            elapsed = (time.perf_counter() - start) * 1000
+            if round_index >= warmup:
+                samples[key].append(elapsed)
     return samples
 
 
@@ -101,35 +113,32 @@ def serving(spec: dict[str, Any]) -> dict[str, Any]:
 
     loaded = lambda_func.models.get()
     model, limits = loaded.model, lambda_func.settings.image_limits
-    results = {}
+
+    def handle(event: dict[str, Any]) -> None:
+        response = lambda_func.lambda_handler(event, None)
+        if response["statusCode"] != 200:
+            raise RuntimeError(f"handler answered {response}")
+
+    calls: dict[tuple[str, str], Callable[[], Any]] = {}
+    for item in spec["inputs"]:
+        data = Path(item["path"]).read_bytes()
+        event = predict_event(data, item["media_type"])
+        pixels = load_image(data, model.height, model.width, limits)
+        calls[item["name"], "handler"] = lambda event=event: handle(event)
+        calls[item["name"], "decode"] = lambda data=data: load_image(
+            data, model.height, model.width, limits
+        )
+        calls[item["name"], "invoke"] = lambda pixels=pixels: model.predict(pixels)
     # The log line and the metrics are still formatted per request, as in Lambda, then discarded.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         previous = lambda_func.logger.registered_handler.setStream(devnull)
         try:
-            for item in spec["inputs"]:
-                data = Path(item["path"]).read_bytes()
-                event = predict_event(data, item["media_type"])
-
-                def handle(event: dict[str, Any] = event) -> None:
-                    response = lambda_func.lambda_handler(event, None)
-                    if response["statusCode"] != 200:
-                        raise RuntimeError(f"handler answered {response}")
-
-                pixels = load_image(data, model.height, model.width, limits)
-                results[item["name"]] = {
-                    "handler": summarize(time_calls(handle, spec["iterations"])),
-                    "decode": summarize(
-                        time_calls(
-                            lambda data=data: load_image(data, model.height, model.width, limits),
-                            spec["iterations"],
-                        )
-                    ),
-                    "invoke": summarize(
-                        time_calls(lambda pixels=pixels: model.predict(pixels), spec["iterations"])
-                    ),
-                }
+            samples = time_round_robin(calls, spec["iterations"])
         finally:
             lambda_func.logger.registered_handler.setStream(previous)
+    results: dict[str, dict[str, Any]] = {item["name"]: {} for item in spec["inputs"]}
+    for (name, part), durations in samples.items():
+        results[name][part] = summarize(durations)
     content = (lambda_func.settings.model_dir / "model.tflite").read_bytes()
     return {
         "inputs": results,
@@ -162,25 +171,22 @@ def keras(spec: dict[str, Any]) -> dict[str, Any]:
 
     model = keras.models.load_model(spec["model_path"])
     height, width = model.input_shape[1:3]
-    results = {}
+
+    def tutorial(data: bytes) -> None:
+        img = Image.open(io.BytesIO(data)).convert("RGB").resize((width, height))
+        x = np.expand_dims(np.array(img, dtype=np.float32), 0)
+        model.predict(x, verbose=0)
+
+    calls: dict[tuple[str, str], Callable[[], Any]] = {}
     for item in spec["inputs"]:
         data = Path(item["path"]).read_bytes()
-
-        def tutorial(data: bytes = data) -> None:
-            img = Image.open(io.BytesIO(data)).convert("RGB").resize((width, height))
-            x = np.expand_dims(np.array(img, dtype=np.float32), 0)
-            model.predict(x, verbose=0)
-
         x = load_image(data, height, width)[np.newaxis].astype(np.float32)
-        results[item["name"]] = {
-            "tutorial": summarize(time_calls(tutorial, spec["iterations"], warmup=3)),
-            "predict": summarize(
-                time_calls(lambda x=x: model.predict(x, verbose=0), spec["iterations"], warmup=3)
-            ),
-            "call": summarize(
-                time_calls(lambda x=x: model(x, training=False), spec["iterations"], warmup=3)
-            ),
-        }
+        calls[item["name"], "tutorial"] = lambda data=data: tutorial(data)
+        calls[item["name"], "predict"] = lambda x=x: model.predict(x, verbose=0)
+        calls[item["name"], "call"] = lambda x=x: model(x, training=False)
+    results: dict[str, dict[str, Any]] = {item["name"]: {} for item in spec["inputs"]}
+    for (name, way), durations in time_round_robin(calls, spec["iterations"], 3).items():
+        results[name][way] = summarize(durations)
     return {"inputs": results, "tensorflow": tf.__version__, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -196,7 +202,7 @@ def peak(spec: dict[str, Any]) -> dict[str, Any]:
     n = spec["size"]
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
-    best = min(time_calls(lambda: a @ b, spec["repeats"], warmup=2)) / 1000
+    best = min(time_round_robin({"matmul": lambda: a @ b}, spec["repeats"], 2)["matmul"]) / 1000
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     return {"gflops": 2 * n**3 / best / 1e9, "blas": f"{blas['name']} {blas['version']}"}
 

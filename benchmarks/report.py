@@ -51,23 +51,27 @@ def _header(report: dict[str, Any]) -> str:
     inputs = ", ".join(
         f"{k} ({v['bytes'] / 1000:.0f} kB)" for k, v in report["results"]["inputs"].items()
     )
-    return f"""# Benchmarks
-
-Produced by `{meta["command"]}` on {meta["date"]} (commit {meta["commit"]}, budget
-`{meta["budget"]["name"]}`, {meta["seconds"]:.0f} s). Every figure below is copied from
-`benchmarks.json`, written by the same run.
-
-- **Machine:** {m["cpu_model"]}, {m["cpus"]} CPUs ({", ".join(m["simd"]) or "no AVX"}),
-  {m["memory_gb"]} GB, Linux {m["kernel"]}, Python {m["python"]}. Timed processes are pinned to
-  CPU {m["pinned_cpu"]}, with one interpreter / BLAS / TensorFlow thread.
-- **Load average** (1, 5, 15 min) at start: {load_start}; at end: {load_end}. On a busy machine
-  absolute times rise; compare the ratios, which come from the same run.
-- **Versions:** {versions}.
-- **Model:** the bundled `model.keras`, converted by `convert.py` to each quantisation; the
-  bundled `model.tflite` (sha256 `{model["sha256"][:12]}`) is `{bundled}`.
-- **Inputs:** photo-like synthetic images (gradients plus blurred noise), JPEG quality 90:
-  {inputs}.
-"""
+    simd = ", ".join(m["simd"]) or "no AVX"
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{meta['command']}` on {meta['date']} (commit {meta['commit']}, budget "
+        f"`{meta['budget']['name']}`, {meta['seconds']:.0f} s). Every figure below comes from "
+        "`benchmarks.json`, written by the same run.",
+        "",
+        f"- **Machine:** {m['cpu_model']}, {m['cpus']} CPUs ({simd}), {m['memory_gb']} GB, "
+        f"Linux {m['kernel']}, Python {m['python']}. Timed processes are pinned to CPU "
+        f"{m['pinned_cpu']}, with one interpreter / BLAS / TensorFlow thread.",
+        f"- **Load average** (1, 5, 15 min) at start: {load_start}; at end: {load_end}. On a busy "
+        "machine absolute times rise; the calls compared within a process are timed in turn "
+        "(one of each per round) so they share the noise, and ratios hold better than times.",
+        f"- **Versions:** {versions}.",
+        "- **Model:** the bundled `model.keras`, converted by `convert.py` to each quantisation; "
+        f"the bundled `model.tflite` (sha256 `{model['sha256'][:12]}`) is `{bundled}`.",
+        "- **Inputs:** photo-like synthetic images (gradients plus blurred noise), JPEG quality "
+        f"90: {inputs}.",
+    ]
+    return "\n".join(lines)
 
 
 def _targets(report: dict[str, Any]) -> str:
@@ -376,10 +380,13 @@ def headline(report: dict[str, Any]) -> str:
         ["one core", "this project (LiteRT handler)", "usual way (Keras `model.predict`)", "ratio"],
         lines,
     )
+    load = meta["machine"]["load_average_start"][0]
     return (
-        f"{table}\n\nBundled model ({bundled}) on {meta['machine']['cpu_model']}, "
-        f"{meta['date'][:10]}, `{meta['command']}`; the Keras column times `model.predict` alone "
-        "(decode excluded). Every figure, the load test and the method: "
+        f"{table}\n\nBundled model ({bundled}) on one core of an {meta['machine']['cpu_model']} "
+        f"({meta['machine']['cpus']} CPUs, load average {load:.1f} at the start), "
+        f"{meta['date'][:10]}, `{meta['command']}`. The handler column is the whole request "
+        "(event, base64, decode, inference, JSON); the Keras column is `model.predict` alone, "
+        "decode excluded. Every figure, the load test and the method: "
         "[docs/benchmarks.md](docs/benchmarks.md)."
     )
 

@@ -2,7 +2,7 @@
 
 In the data bucket::
 
-    jobs/lock.json          {"job_id", "acquired_at", "expires_at"}: taken with If-None-Match,
+    jobs/lock.json          {"job_id", "renewed_at", "expires_at"}: taken with If-None-Match,
                             renewed and released with If-Match; an expired lock is taken over with
                             If-Match on the expired copy, so a crashed job blocks others for at
                             most RETRAIN_LOCK_TTL_SECONDS
@@ -85,10 +85,11 @@ class Lock:
     # The job whose expired lock this one replaced (it stopped renewing it: it crashed).
     took_over_from: str | None = None
 
-    def _body(self) -> bytes:
+    def body(self) -> bytes:
+        """The lock object's content: holder and expiry, from now."""
         t = now()
         return json.dumps(
-            {"job_id": self.job_id, "acquired_at": iso(t), "expires_at": t + self.ttl}
+            {"job_id": self.job_id, "renewed_at": iso(t), "expires_at": t + self.ttl}
         ).encode()
 
     def renew(self) -> None:
@@ -98,7 +99,7 @@ class Lock:
             LockLost: the lock is no longer ours.
         """
         try:
-            self.etag = self.store.put(LOCK_KEY, self._body(), if_match=self.etag)
+            self.etag = self.store.put(LOCK_KEY, self.body(), if_match=self.etag)
         except PreconditionFailed as exc:
             raise LockLost(f"job {self.job_id} lost the lock") from exc
 
@@ -117,7 +118,7 @@ def acquire_lock(store: Store, job_id: str, ttl: float) -> Lock | None:
     lock = Lock(store, job_id, "", ttl)
     for _ in range(3):
         try:
-            lock.etag = store.put(LOCK_KEY, lock._body(), if_none_match=True)
+            lock.etag = store.put(LOCK_KEY, lock.body(), if_none_match=True)
             return lock
         except PreconditionFailed:
             pass
@@ -130,7 +131,7 @@ def acquire_lock(store: Store, job_id: str, ttl: float) -> Lock | None:
             return None
         try:
             # Only replaces the expired copy we read: of two jobs taking over, one wins.
-            lock.etag = store.put(LOCK_KEY, lock._body(), if_match=current.etag)
+            lock.etag = store.put(LOCK_KEY, lock.body(), if_match=current.etag)
             lock.took_over_from = holder.get("job_id")
             return lock
         except PreconditionFailed:

@@ -46,6 +46,10 @@ def find_runtime() -> Runtime:
     raise ImportError("no TFLite runtime found: pip install ai-edge-litert")
 
 
+# A quantised input that takes uint8 pixels unchanged (what convert.py's int8 models have).
+_RAW_PIXELS = ("uint8", 1.0, 0)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Shape, dtype and (for quantised tensors) the affine quantisation of one tensor."""
@@ -131,12 +135,14 @@ class TFLiteModel:
             float32 class probabilities, shape ``(num_classes,)``.
         """
         x = pixels[np.newaxis]
-        if self.input.dtype in ("int8", "uint8"):
-            info = np.iinfo(self.input.dtype)
-            q = np.round(x.astype(np.float32) / self.input.scale) + self.input.zero_point
-            x = np.clip(q, info.min, info.max).astype(self.input.dtype)
-        else:
-            x = x.astype(self.input.dtype)
+        spec = self.input
+        quantized = spec.dtype in ("int8", "uint8")
+        if quantized and (spec.dtype, spec.scale, spec.zero_point) != _RAW_PIXELS:
+            info = np.iinfo(spec.dtype)
+            q = np.round(x.astype(np.float32) / spec.scale) + spec.zero_point
+            x = np.clip(q, info.min, info.max).astype(spec.dtype)
+        elif x.dtype != spec.dtype:
+            x = x.astype(spec.dtype)
         self._interpreter.set_tensor(self._input_index, x)
         self._interpreter.invoke()
         y = self._interpreter.get_tensor(self._output_index)[0]
