@@ -7,7 +7,9 @@ model through ``imgclf.runtime.TFLiteModel``, the class that serves it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import shutil
 import time
@@ -97,7 +99,21 @@ def to_tflite(model: keras.Model, quantization: str, representative: np.ndarray)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-    return converter.convert()
+    with _quiet_export():
+        return converter.convert()
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silences the SavedModel export that the converter runs (a page of prints per model)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_parity(

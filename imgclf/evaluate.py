@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: files only, and no global backend is chosen
+from sklearn.metrics import classification_report, confusion_matrix
 
 
 def classification_metrics(
@@ -50,7 +47,8 @@ def classification_metrics(
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path) -> None:
     """Writes the confusion matrix (counts, true class per row) as a PNG."""
     cm = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2, 1.1 * len(classes) + 1.5))
+    fig = Figure(figsize=(1.1 * len(classes) + 2, 1.1 * len(classes) + 1.5))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -63,12 +61,12 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
     ax.set_title("Confusion matrix (test split)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_history(history: dict[str, list[float]], path: Path) -> None:
     """Writes the loss and accuracy curves of a fit as a PNG."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for key, values in history.items():
             if key.endswith(metric):
@@ -78,4 +76,3 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

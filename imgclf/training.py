@@ -108,6 +108,17 @@ def search(config: TrainConfig, train: Dataset, val: Dataset) -> tuple[Hyperpara
     return hp, summary
 
 
+def save_for_inference(model: keras.Model, path: Path) -> None:
+    """Saves the model's architecture and weights without the optimizer's state.
+
+    Adam keeps two slots per weight, which would triple the file (it is committed and published
+    with every version); a warm start compiles a fresh optimizer anyway.
+    """
+    copy = model.__class__.from_config(model.get_config())  # the architecture, not compiled
+    copy.set_weights(model.get_weights())
+    copy.save(path)
+
+
 def _warm_model(config: TrainConfig, classes: list[str]) -> keras.Model:
     """Loads the model to fine-tune, with a new output layer if the class list changed."""
     assert config.warm_start is not None
@@ -199,7 +210,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
         versions=_versions(),
         duration_seconds=round(time.monotonic() - started, 1),
     )
-    model.save(config.out / "model.keras")
+    save_for_inference(model, config.out / "model.keras")
     (config.out / "labels.json").write_text(json.dumps(full.classes, indent=2) + "\n")
     (config.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     plots = config.out / "plots"

@@ -64,6 +64,8 @@ def test_training_writes_the_artifacts(trained: Path) -> None:
     }
     assert metrics["data"]["test"] == dict.fromkeys(labels, 4)
     assert metrics["seed"] == 0 and "keras-tuner" in metrics["versions"]
+    # saved for inference and warm starts: no optimizer state (it would triple the file)
+    assert not keras.models.load_model(trained / "model.keras").compiled
 
 
 def test_an_interrupted_search_resumes(
