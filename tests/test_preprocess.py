@@ -41,6 +41,17 @@ def test_transparent_pixels_are_composited_on_white() -> None:
     assert (pixels == 255).all()
 
 
+def test_transparency_survives_the_resize_that_comes_before_compositing() -> None:
+    # Large RGBA/LA images are shrunk before they are composited: the result must be the same
+    # picture, a red square on white, not a dark fringe from unpremultiplied alpha.
+    img = Image.new("RGBA", (600, 600), (0, 0, 0, 0))
+    img.paste((255, 0, 0, 255), (150, 150, 450, 450))
+    pixels = load_image(encode(img, "PNG"), 60, 60).astype(int)
+    assert (pixels[:10, :10] == 255).all()  # transparent corner: white
+    assert (pixels[25:35, 25:35] == [255, 0, 0]).all()  # opaque centre: red
+    assert (pixels[..., 0] >= 254).all()  # edges blend red and white: never a dark fringe
+
+
 def test_exif_orientation_is_applied() -> None:
     # The picture: 200 wide, 100 tall, black left half, white right half. The camera stored it
     # turned 90 degrees counter-clockwise with orientation 6 ("turn 90 clockwise to display").
