@@ -33,13 +33,13 @@ def api_url_from_stack(stack_name: str, output_key: str = STACK_OUTPUT_KEY) -> s
     Returns:
         The URL.
     """
-    import boto3  # only this option needs AWS (or the local endpoint in AWS_ENDPOINT_URL)
+    # Imported here: only this option needs AWS (or the local endpoint in AWS_ENDPOINT_URL).
+    from imgclf.cloudformation import stack_outputs
 
-    stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
-    for output in stack.get("Outputs", []):
-        if output["OutputKey"] == output_key:
-            return output["OutputValue"]
-    raise SystemExit(f"stack {stack_name} has no output {output_key}")
+    outputs = stack_outputs(stack_name)
+    if output_key not in outputs:
+        raise SystemExit(f"stack {stack_name} has no output {output_key}")
+    return outputs[output_key]
 
 
 def classify(

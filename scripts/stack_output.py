@@ -12,21 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-import boto3
-
-
-def stack_outputs(stack_name: str) -> dict[str, str]:
-    """Returns a stack's outputs by key.
-
-    Args:
-        stack_name: the deployed stack's name.
-
-    Returns:
-        ``{OutputKey: OutputValue}``.
-    """
-    stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
-    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from imgclf.cloudformation import stack_outputs  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
