@@ -2,9 +2,10 @@
 # The two Lambda images of template.yaml, one target each (`sam build` picks them by
 # DockerBuildTarget):
 #   serve  PredictFunction: requirements-lambda.txt (LiteRT, Pillow, numpy, boto3, Powertools),
-#          the imgclf package, lambda_func.py and the bundled model. No TensorFlow.
+#          the core modules of imgclf with imgclf/registry/ and imgclf/serving/, lambda_func.py
+#          and the bundled model. No TensorFlow, and none of the pipeline or retrain code.
 #   train  RetrainFunction, and the SageMaker training job it may launch: requirements-train.txt
-#          (the serving set + TensorFlow, Keras, Keras Tuner), the package and the training code
+#          (the serving set + TensorFlow, Keras, Keras Tuner), the whole package and the handler
 #          (no bundled model: retraining starts from the registry's live version).
 #
 # AWS's Lambda base image for Python 3.12 (Amazon Linux 2023), pinned by tag. For bit-for-bit
@@ -23,7 +24,12 @@ COPY requirements-lambda.txt ${LAMBDA_TASK_ROOT}/
 RUN pip install --no-cache-dir --only-binary=:all: --target "${LAMBDA_TASK_ROOT}" \
         -r "${LAMBDA_TASK_ROOT}/requirements-lambda.txt"
 COPY model/ ${LAMBDA_TASK_ROOT}/model/
-COPY imgclf/ ${LAMBDA_TASK_ROOT}/imgclf/
+# The core modules (imgclf/serving/__init__.py lists them; tests/deploy/test_dockerfile.py
+# imports lambda_func from exactly these files, with the training stack blocked).
+COPY imgclf/__init__.py imgclf/settings.py imgclf/errors.py imgclf/storage.py imgclf/layout.py \
+     imgclf/preprocess.py imgclf/runtime.py imgclf/artifact.py ${LAMBDA_TASK_ROOT}/imgclf/
+COPY imgclf/registry/ ${LAMBDA_TASK_ROOT}/imgclf/registry/
+COPY imgclf/serving/ ${LAMBDA_TASK_ROOT}/imgclf/serving/
 COPY lambda_func.py ${LAMBDA_TASK_ROOT}/
 CMD ["lambda_func.lambda_handler"]
 
@@ -36,5 +42,5 @@ ENV MPLCONFIGDIR=/tmp/matplotlib \
     KERAS_HOME=/tmp/keras \
     TF_CPP_MIN_LOG_LEVEL=2
 COPY imgclf/ ${LAMBDA_TASK_ROOT}/imgclf/
-COPY train.py convert.py retrain_handler.py ${LAMBDA_TASK_ROOT}/
+COPY retrain_handler.py ${LAMBDA_TASK_ROOT}/
 CMD ["retrain_handler.lambda_handler"]

@@ -41,7 +41,7 @@ format: setup ## ruff format + autofix
 
 # ---- training pipeline -------------------------------------------------------------------------
 sample-data: $(VENV)/.installed ## draw the seeded 6-class sample dataset into data/sample
-	$(PY) scripts/make_sample_data.py --out $(SAMPLE)
+	$(PY) -m imgclf.pipeline.sample_data --out $(SAMPLE)
 
 train: sample-data ## Keras Tuner search + final fit + evaluation on the sample data -> runs/train
 	$(PY) train.py --data $(SAMPLE) --out runs/train
@@ -53,13 +53,13 @@ model: sample-data ## rebuild the bundled model/ from scratch (sample data, defa
 	$(PY) train.py --data $(SAMPLE) --out runs/model --overwrite
 	$(PY) convert.py --model-dir runs/model --data $(SAMPLE) --quantization float16 --out model
 
-notebook: $(VENV)/.installed ## execute notebook.ipynb in place on the sample data
-	$(PY) scripts/run_notebook.py notebook.ipynb
+notebook: $(VENV)/.installed ## execute notebook.ipynb on the sample data into runs/notebook.ipynb
+	$(PY) scripts/run_notebook.py notebook.ipynb --out runs/notebook.ipynb
 
 # ---- serving -----------------------------------------------------------------------------------
 .PHONY: test-lambda-venv
 test-lambda-venv: $(VENV)/.installed ## serving tests in a clean venv from requirements-lambda.txt alone
-	$(PY) -m pytest tests/test_lambda_venv.py
+	$(PY) -m pytest tests/serving/test_lambda_venv.py
 
 # ---- benchmarks (README "Benchmarks", docs/benchmarks.md) ---------------------------------------
 .PHONY: bench bench-docs
@@ -104,15 +104,14 @@ REGISTRY_URI ?= s3://imgclf-models/models
 registry: $(VENV)/.installed ## registry CLI (local stack): ARGS="list | show 2 | promote 2 | rollback"
 	$(LOCAL_AWS) MODEL_REGISTRY_URI=$(REGISTRY_URI) $(PY) -m imgclf.registry $(or $(ARGS),list)
 
-jobs: $(VENV)/.installed ## the training jobs of the local stack's data bucket, with their outcome
-	$(LOCAL_AWS) $(PY) -m imgclf.jobs list
+jobs: $(VENV)/.installed ## the training jobs of the local stack, their outcome, and the new images pending
+	$(LOCAL_AWS) $(PY) -m imgclf.retrain list
 
 retrain: $(VENV)/.installed ## ask the local stack to retrain now (MODE=warm|full) via incoming/_retrain/
-	$(LOCAL_AWS) $(PY) -m imgclf.jobs request --mode $(or $(MODE),warm)
+	$(LOCAL_AWS) $(PY) -m imgclf.retrain request --mode $(or $(MODE),warm)
 
 test-retrain: $(VENV)/.installed ## registry, ingestion and retraining tests (real training on tiny data)
-	$(PY) -m pytest tests/test_registry.py tests/test_ingest.py tests/test_retrain.py \
-		tests/test_retrain_jobs.py tests/test_retrain_e2e.py
+	$(PY) -m pytest tests/core/test_registry.py tests/retrain tests/stack/test_retrain_e2e.py
 
 # ---- deploy (AWS SAM; the AWS steps need Docker and AWS credentials: README "Deploy to AWS") ----
 .PHONY: validate-template sam-build sam-invoke sam-api deploy publish-model test-deployed \
@@ -145,13 +144,13 @@ deploy: $(VENV)/.installed $(SAM_VENV)/.installed ## sam build + sam deploy (gui
 publish-model: $(VENV)/.installed ## publish model/ to the deployed registry and make it live, unless one is
 	scripts/publish_model.sh $(STACK) $(REGION)
 
-test-deployed: $(VENV)/.installed ## tests/test_deploy_integration.py against the deployed API
-	AWS_SAM_STACK_NAME=$(STACK) AWS_DEFAULT_REGION=$(REGION) $(PY) -m pytest tests/test_deploy_integration.py
+test-deployed: $(VENV)/.installed ## tests/deploy/test_deploy_integration.py against the deployed API
+	AWS_SAM_STACK_NAME=$(STACK) AWS_DEFAULT_REGION=$(REGION) $(PY) -m pytest tests/deploy/test_deploy_integration.py
 
 seed-data: $(VENV)/.installed $(if $(DATA),,sample-data) ## seed the deployed data bucket's train/ + test/ from DATA
 	AWS_DEFAULT_REGION=$(REGION) $(PY) -c 'import sys; from pathlib import Path; \
-	from imgclf.ingest import seed_data; from imgclf.storage import open_store; \
-	print(seed_data(open_store("s3://" + sys.argv[1]), Path(sys.argv[2])))' \
+	from imgclf.retrain.ingest import seed_data; from imgclf.layout import data_store; \
+	print(seed_data(data_store(sys.argv[1]), Path(sys.argv[2])))' \
 	"$$($(STACK_OUTPUT) DataBucketName)" $(or $(DATA),$(SAMPLE))
 
 retrain-image-uri: $(VENV)/.installed ## print RetrainFunction's image URI (parameter SageMakerImageUri)

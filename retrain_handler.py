@@ -2,7 +2,8 @@
 
 Every record of the event is handled; ``s3:TestEvent``, removals and keys outside ``incoming/`` are
 ignored. Duplicate and out-of-order deliveries are harmless: ingestion is content-addressed, and
-only one job runs at a time (``imgclf.jobs``).
+only one job runs at a time (``imgclf.retrain.lock``). The training stack is imported only when
+the ``lambda`` backend runs a job in this function, so a cold start that only ingests stays light.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from imgclf.ingest import ingest_upload, known_classes, uploads_from_event
-from imgclf.jobs import count_pending, start_job
+from imgclf import layout
 from imgclf.registry import AliasNotFound, Registry, open_registry
-from imgclf.retrain_job import run_job
+from imgclf.retrain.ingest import ingest_upload, known_classes, uploads_from_event
+from imgclf.retrain.launch import LockHeld, count_pending, start_job
+from imgclf.retrain.records import JobRecord
 from imgclf.settings import RetrainSettings
-from imgclf.storage import Store, open_store
+from imgclf.storage import Store
 
 logger = Logger()
 settings = RetrainSettings.from_env()
-store = open_store(f"s3://{settings.data_bucket}")
+store = layout.data_store(settings.data_bucket)
 registry = open_registry(settings.model_registry_uri, settings.model_name)
 
 
@@ -59,16 +61,23 @@ def handle(
         except AliasNotFound:
             live = None
         deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
-        answer["job"] = start_job(
-            store,
-            settings,
-            reason="retrain requested" if triggers else f"{new_images} new images",
-            mode="full" if any(t["mode"] == "full" for t in triggers) else "warm",
-            live_version=live,
-            run_in_process=lambda job_id: run_job(
-                store, registry, settings, job_id, deadline=deadline
-            ),
-        )
+
+        def run_here(job_id: str) -> JobRecord:
+            from imgclf.retrain.job import run_job  # the training stack, for this backend only
+
+            return run_job(store, registry, settings, job_id, deadline=deadline)
+
+        try:
+            answer["job"] = start_job(
+                store,
+                settings,
+                reason="retrain requested" if triggers else f"{new_images} new images",
+                mode="full" if any(t["mode"] == "full" for t in triggers) else "warm",
+                live_version=live,
+                run_in_process=run_here,
+            ).to_dict()
+        except LockHeld as exc:
+            answer["job"] = {"skipped": str(exc)}
     logger.info("event handled", extra=answer)
     return answer
 

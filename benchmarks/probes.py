@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.inputs import predict_event, summarize
+from imgclf import artifact
 from imgclf.preprocess import load_image
 from imgclf.runtime import find_runtime
 
@@ -111,8 +112,10 @@ def serving(spec: dict[str, Any]) -> dict[str, Any]:
     """
     import lambda_func  # noqa: PLC0415 - importing it loads the model (MODEL_DIR)
 
-    loaded = lambda_func.models.get()
-    model, limits = loaded.model, lambda_func.settings.image_limits
+    settings = lambda_func.settings
+    # The same files the handler loaded, in an interpreter of its own for the decode/invoke split.
+    loaded = artifact.load(artifact.read_dir(settings.model_dir), settings.num_threads)
+    model, limits = loaded.interpreter, settings.image_limits
 
     def handle(event: dict[str, Any]) -> None:
         response = lambda_func.lambda_handler(event, None)
@@ -139,11 +142,11 @@ def serving(spec: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {item["name"]: {} for item in spec["inputs"]}
     for (name, part), durations in samples.items():
         results[name][part] = summarize(durations)
-    content = (lambda_func.settings.model_dir / "model.tflite").read_bytes()
+    content = (settings.model_dir / artifact.MODEL).read_bytes()
     return {
         "inputs": results,
         "macs": count_macs(content),
-        "quantization": loaded.manifest.get("quantization"),
+        "quantization": loaded.manifest.quantization,
         "runtime": {"name": model.runtime.name, "version": model.runtime.version},
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -216,13 +219,13 @@ def convert(spec: dict[str, Any]) -> dict[str, Any]:
     Returns:
         quantisation -> the model directory written, or the exit code when it failed.
     """
-    import convert as convert_cli  # noqa: PLC0415 - imports TensorFlow
+    from imgclf.pipeline import conversion  # noqa: PLC0415 - imports TensorFlow
 
     written = {}
     for quantization in spec["quantizations"]:
         out = Path(spec["out"]) / quantization
         args = ["--model-dir", spec["model_dir"], "--data", spec["data"], "--out", str(out)]
-        code = convert_cli.main([*args, "--quantization", quantization, "--force"])
+        code = conversion.main([*args, "--quantization", quantization, "--force"])
         written[quantization] = str(out) if code == 0 else code
     return written
 

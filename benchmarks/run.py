@@ -39,9 +39,12 @@ from typing import Any
 from benchmarks import cost, footprint, load
 from benchmarks.inputs import INPUTS, predict_event, write_inputs
 from benchmarks.report import write_report
+from imgclf import artifact
+from imgclf.artifact import Manifest
 from imgclf.settings import PROJECT_ROOT
 
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # imgclf.conversion's, without TF
+# imgclf.pipeline.conversion's, spelled again so that this process need not import TensorFlow.
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 COLD_INPUT = "jpeg-640x480"
 # Keep every library on one thread: "one core" must hold for numpy's BLAS and TensorFlow too.
 ONE_THREAD_ENV = {
@@ -362,14 +365,14 @@ def measure(
         {"name": item.name, "path": str(paths[item.name]), "media_type": item.media_type}
         for item in INPUTS
     ]
-    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest = Manifest.from_json((model_dir / artifact.MANIFEST).read_bytes())
     results: dict[str, Any] = {
         "inputs": {item.name: {"bytes": paths[item.name].stat().st_size} for item in INPUTS},
         "model": {
             "dir": str(model_dir),
-            "sha256": manifest["sha256"],
-            "bundled_quantization": manifest["quantization"],
-            "keras_bytes": (model_dir / "model.keras").stat().st_size,
+            "sha256": manifest.sha256,
+            "bundled_quantization": manifest.quantization,
+            "keras_bytes": (model_dir / artifact.KERAS).stat().st_size,
         },
     }
 
@@ -443,13 +446,13 @@ def measure(
 
 
 def _model_file(model_dir: Path) -> dict[str, Any]:
-    manifest = json.loads((model_dir / "manifest.json").read_text())
+    parity = Manifest.from_json((model_dir / artifact.MANIFEST).read_bytes()).parity
     return {
-        "bytes": (model_dir / "model.tflite").stat().st_size,
-        "top1_agreement_with_keras": manifest["parity"]["agreement"],
-        "tflite_accuracy": manifest["parity"]["tflite_accuracy"],
-        "keras_accuracy": manifest["parity"]["keras_accuracy"],
-        "parity_images": manifest["parity"]["images"],
+        "bytes": (model_dir / artifact.MODEL).stat().st_size,
+        "top1_agreement_with_keras": parity["agreement"],
+        "tflite_accuracy": parity["tflite_accuracy"],
+        "keras_accuracy": parity["keras_accuracy"],
+        "parity_images": parity["images"],
     }
 
 

@@ -41,11 +41,17 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
-class UnsupportedMediaType(ServiceError):
+class InvalidImage(ServiceError):
+    """The bytes are not an image this service takes: what training skips and ingestion rejects."""
+
+    status, code = 422, "invalid_image"
+
+
+class UnsupportedMediaType(InvalidImage):
     status, code = 415, "unsupported_media_type"
 
 
-class UnprocessableImage(ServiceError):
+class UnprocessableImage(InvalidImage):
     status, code = 422, "invalid_image"
 
 

@@ -1,7 +1,8 @@
 """The one preprocessing function: image bytes -> RGB uint8 pixels at the model's input size.
 
-Training (``imgclf.data``) and serving (``lambda_func``) both call ``load_image``; normalisation
-lives inside the model, so this is the whole of what stands between a file and the model's input.
+Training (``imgclf.pipeline.data``) and serving (``lambda_func``) both call ``load_image``;
+normalisation lives inside the model, so this is the whole of what stands between a file and
+the model's input.
 Only Pillow and numpy are imported here (the serving path never imports TensorFlow).
 """
 

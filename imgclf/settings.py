@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf.layout import DATA_BUCKET, REGISTRY_URI
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Serving (PredictFunction)
@@ -140,8 +142,8 @@ class RetrainSettings:
     """
 
     # The defaults are the local stack's bucket names.
-    data_bucket: str = "imgclf-data"
-    model_registry_uri: str = "s3://imgclf-models/models"
+    data_bucket: str = DATA_BUCKET
+    model_registry_uri: str = REGISTRY_URI
     model_name: str = "scene"
     backend: str = "local"
     min_new_images: int = 50

@@ -1,6 +1,10 @@
-"""Executes a notebook top to bottom in place with nbclient (outputs saved), from the repo root.
+"""Executes a notebook top to bottom with nbclient, from the repository root, into another file.
 
-Usage: python scripts/run_notebook.py notebook.ipynb [--timeout 600] [--no-save]
+Usage: python scripts/run_notebook.py notebook.ipynb --out runs/notebook.ipynb [--timeout 600]
+
+The tracked notebook is never rewritten by running it: ``--out`` names where the executed copy
+goes (``make notebook`` writes runs/notebook.ipynb). To refresh the committed outputs on purpose,
+pass the notebook itself as ``--out``.
 """
 
 from __future__ import annotations
@@ -15,28 +19,23 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(path: Path, timeout: int = 600, save: bool = True) -> nbformat.NotebookNode:
-    """Executes ``path`` with the repository root as working directory and returns the notebook."""
-    notebook = nbformat.read(path, as_version=4)
+def main(argv: list[str] | None = None) -> int:
+    """Executes the notebook; exits non-zero (nbclient's error) when a cell fails."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="where the executed copy goes")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = parser.parse_args(argv)
+    notebook = nbformat.read(args.notebook, as_version=4)
     NotebookClient(
         notebook,
-        timeout=timeout,
+        timeout=args.timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(ROOT)}},
     ).execute()
-    if save:
-        nbformat.write(notebook, path)
-    return notebook
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("notebook", type=Path)
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
-    parser.add_argument("--no-save", action="store_true", help="do not write the outputs back")
-    args = parser.parse_args(argv)
-    run(args.notebook, args.timeout, save=not args.no_save)
-    print(f"executed {args.notebook}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, args.out)
+    print(f"executed {args.notebook} -> {args.out}")
     return 0
 
 

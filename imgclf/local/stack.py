@@ -38,21 +38,18 @@ from typing import Any
 import boto3
 from moto.server import ThreadedMotoServer
 
-from imgclf.ingest import seed_data
+from imgclf import layout
+from imgclf.layout import DATA_BUCKET, INCOMING, MODEL_BUCKET, REGISTRY_URI
 from imgclf.local.context import REGION
 from imgclf.local.gateway import SHUTDOWN_GRACE_SECONDS
 from imgclf.local.static import StaticServer
 from imgclf.registry import open_registry
+from imgclf.retrain.ingest import seed_data
 from imgclf.settings import PROJECT_ROOT
-from imgclf.storage import open_store
 
-DATA_BUCKET = "imgclf-data"
-MODEL_BUCKET = "imgclf-models"
-REGISTRY_URI = f"s3://{MODEL_BUCKET}/models"
 QUEUE_NAME = "imgclf-retrain-events"
 # template.yaml's RetrainFailureQueue: events the retrain function failed on, kept.
 FAILURE_QUEUE_NAME = "imgclf-retrain-failures"
-INCOMING_PREFIX = "incoming/"
 # Lambda's asynchronous invocations (S3 triggers) try an event three times in all
 # (template.yaml: MaximumRetryAttempts 2), then send it to the failure queue.
 MAX_ATTEMPTS = 3
@@ -153,9 +150,7 @@ def create_resources() -> str:
                 {
                     "QueueArn": _queue_arn(sqs, queue_url),
                     "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {
-                        "Key": {"FilterRules": [{"Name": "prefix", "Value": INCOMING_PREFIX}]}
-                    },
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": INCOMING}]}},
                 }
             ]
         },
@@ -261,7 +256,7 @@ class LocalStack:
             "imgclf.local.bridge", f"--queue-url={queue_url}", f"--timeout={config.retrain_timeout}"
         )
         started = time.perf_counter()
-        self.seeded = seed_data(open_store(f"s3://{DATA_BUCKET}"), config.data_dir)
+        self.seeded = seed_data(layout.data_store(DATA_BUCKET), config.data_dir)
         log.info("data bucket: %s from %s (%s)", self.seeded, config.data_dir, _since(started))
         self.static = StaticServer(config.data_dir, config.host, config.static_port)
         self.static.start()
@@ -308,14 +303,14 @@ class LocalStack:
         python = Path(sys.executable)
         if python.is_relative_to(PROJECT_ROOT):
             python = python.relative_to(PROJECT_ROOT)
-        key = f"{INCOMING_PREFIX}forest/my-photo.jpg"
+        key = f"{INCOMING}forest/my-photo.jpg"
         seeded = f"{self.seeded.get('train', 0)} train + {self.seeded.get('test', 0)} test images"
         upload = f"boto3.client('s3').upload_file('{shown}', '{DATA_BUCKET}', '{key}')"
         return f"""
 Local stack ready (state is in memory; Ctrl-C stops everything)
   API            {c.api_url}   ({c.workers} execution environments, timeout {c.timeout:.0f} s)
   AWS endpoint   {c.endpoint}   (S3 + SQS, region {REGION}, credentials testing/testing)
-  data bucket    {DATA_BUCKET}   {seeded}; uploads to {INCOMING_PREFIX}<class>/ retrain
+  data bucket    {DATA_BUCKET}   {seeded}; uploads to {INCOMING}<class>/ retrain
   model bucket   {MODEL_BUCKET}   registry {REGISTRY_URI}, {c.model_name} v{self.model_version} live
   static images  {image_url.rsplit("/", 2)[0]}/   (serves {c.data_dir})
 

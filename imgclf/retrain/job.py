@@ -1,0 +1,381 @@
+"""The training job every backend runs: ``python -m imgclf.retrain.job --job-id ID``.
+
+1. snapshot: the listed ``train/`` and ``test/`` objects, laid out as ``seg_train/<class>/`` and
+   ``seg_test/<class>/`` (SageMaker mounts them as channels instead);
+2. train: ``imgclf.pipeline.training`` warm-started from the live model's Keras file, or a full
+   search, in a subprocess (its crash is not the job's);
+3. convert: ``imgclf.pipeline.conversion`` with its parity check (a failed check ends the job,
+   nothing is published);
+4. evaluate the new and the live TFLite model on the same fixed test split;
+5. gate: the new model passes unless it is worse than live by more than RETRAIN_QUALITY_TOLERANCE
+   in accuracy or macro F1;
+6. publish version N+1 (with the evaluation and the gate decision in its ``metrics.json``), and move
+   ``live`` to it only if the gate passed and ``live`` did not move meanwhile.
+
+The job holds the lock its launcher took (renewed from a thread) and checks it before it publishes;
+however it ends, it writes its status to ``jobs/<id>.json`` and releases the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf import artifact, layout
+from imgclf.layout import PENDING, TEST, TRAIN
+from imgclf.pipeline import ExitCode
+from imgclf.pipeline.data import class_names, load_split
+from imgclf.pipeline.evaluation import classification_metrics
+from imgclf.registry import AliasConflict, AliasNotFound, Registry, open_registry
+from imgclf.retrain.lock import Heartbeat, LockLost, resume_lock
+from imgclf.retrain.records import JobRecord, JobStatus, iso, now, read_job, write_job
+from imgclf.runtime import TFLiteModel
+from imgclf.settings import PROJECT_ROOT, RetrainSettings
+from imgclf.storage import Store
+
+GATE_METRICS = ("accuracy", "macro_f1")
+# Time kept back from a deadline (the lambda backend) to record the outcome and release the lock.
+DEADLINE_MARGIN_SECONDS = 30.0
+DOWNLOAD_THREADS = 16
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+    """The job cannot go on; the message is recorded as the job's error."""
+
+
+def _download(store: Store, prefix: str, target: Path) -> dict[str, int]:
+    """Copies every ``<prefix><class>/<file>`` object to ``target/<class>/<file>``."""
+    keys = [k for k in store.list(prefix) if k.count("/") == 2]
+
+    def fetch(key: str) -> None:
+        path = target.joinpath(*key.split("/")[1:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(store.get(key).data)
+
+    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+        list(pool.map(fetch, keys))
+    return {c: len(list((target / c).iterdir())) for c in class_names(target)} if keys else {}
+
+
+def snapshot(store: Store, data: Path, channels: Path | None) -> dict[str, dict[str, int]]:
+    """Lays the training data out in the Intel layout under ``data``.
+
+    Args:
+        store: the data bucket.
+        data: the dataset root to create (``seg_train/``, ``seg_test/``).
+        channels: SageMaker's channel folder (``train/``, ``test/``) to use instead of S3.
+
+    Returns:
+        Images per class, per split.
+    """
+    data.mkdir(parents=True)
+    if channels is not None:
+        (data / "seg_train").symlink_to(channels / "train", target_is_directory=True)
+        (data / "seg_test").symlink_to(channels / "test", target_is_directory=True)
+        return {
+            split: {c: len(list((data / split / c).iterdir())) for c in class_names(data / split)}
+            for split in ("seg_train", "seg_test")
+        }
+    return {
+        "seg_train": _download(store, TRAIN, data / "seg_train"),
+        "seg_test": _download(store, TEST, data / "seg_test"),
+    }
+
+
+def evaluate_tflite(model_dir: Path, test_dir: Path) -> dict[str, Any]:
+    """Evaluates a TFLite model directory on a folder-per-class test split.
+
+    The test split's own classes are the truth; a model that predicts a class the split does not
+    have is simply wrong there, so models with different class lists compare on the same images.
+
+    Returns:
+        ``imgclf.pipeline.evaluation.classification_metrics`` over the split's classes.
+    """
+    labels = json.loads((model_dir / artifact.LABELS).read_text())
+    model = TFLiteModel((model_dir / artifact.MODEL).read_bytes())
+    classes = class_names(test_dir)
+    test = load_split(test_dir, model.height, model.width, classes=classes)
+    index = {name: i for i, name in enumerate(classes)}
+    predicted = np.array(
+        [index.get(labels[int(np.argmax(model.predict(x)))], -1) for x in test.x], dtype=np.int64
+    )
+    return classification_metrics(test.y, predicted, classes)
+
+
+def quality_gate(
+    new: dict[str, Any], live: dict[str, Any] | None, tolerance: float
+) -> dict[str, Any]:
+    """Decides whether the new model may replace the live one.
+
+    Returns:
+        ``{"passed", "reason", "tolerance", "deltas"}`` (deltas: new minus live, per metric).
+    """
+    if live is None:
+        return {"passed": True, "reason": "no live model to compare with", "tolerance": tolerance}
+    deltas = {m: round(float(new[m]) - float(live[m]), 6) for m in GATE_METRICS}
+    worse = [
+        f"{m} {new[m]:.4f} < live {live[m]:.4f} - {tolerance}"
+        for m, d in deltas.items()
+        if d < -tolerance
+    ]
+    return {
+        "passed": not worse,
+        "reason": "; ".join(worse) or f"not worse than live by more than {tolerance}",
+        "tolerance": tolerance,
+        "deltas": deltas,
+    }
+
+
+class Job:
+    """One run of the pipeline, with the bookkeeping every stage shares."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: RetrainSettings,
+        record: JobRecord,
+        heartbeat: Heartbeat,
+        deadline: float | None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.record = record
+        self.heartbeat = heartbeat
+        self.deadline = deadline
+
+    def stage(self, name: str, **details: Any) -> None:
+        """Records that the job entered a stage (and anything learnt so far)."""
+        log.info("job %s: %s", self.record.id, name)
+        self.record = write_job(self.store, self.record, stage=name, **details)
+
+    def remaining(self) -> float | None:
+        """Seconds left for a subprocess, or None without a deadline.
+
+        Raises:
+            JobFailed: the deadline is too close to start anything.
+        """
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic() - DEADLINE_MARGIN_SECONDS
+        if left <= 0:
+            raise JobFailed(f"out of time before stage {self.record.stage}")
+        return left
+
+    def run_stage(self, module: str, args: Sequence[str | Path]) -> None:
+        """Runs a pipeline module (``python -m``) in a subprocess: its crash is not the job's.
+
+        Raises:
+            JobFailed: it failed or ran out of time.
+        """
+        cmd = [sys.executable, "-m", module, *map(str, args)]
+        log.info("running %s", " ".join(cmd))
+        try:
+            code = subprocess.run(
+                cmd, cwd=PROJECT_ROOT, timeout=self.remaining(), check=False
+            ).returncode
+        except subprocess.TimeoutExpired as exc:
+            raise JobFailed(f"{module} ran out of time") from exc
+        if code != ExitCode.OK:
+            known = {c.value: c for c in ExitCode}
+            reason = f" ({known[code].describe()})" if code in known else ""
+            raise JobFailed(f"{module} exited with code {code}{reason}")
+
+    def live_model(self, work: Path, channels: Path | None) -> tuple[Path | None, str | None]:
+        """Fetches the live version's files (or finds them mounted) into ``work/live``.
+
+        Returns:
+            ``(folder, alias ETag)``; ``(None, None)`` when nothing is live yet.
+        """
+        try:
+            pointer, etag = self.registry.read_live()
+        except AliasNotFound:
+            return None, None
+        version = pointer["version"]
+        mounted = channels / "live" if channels is not None else None
+        folder = work / "live"
+        if mounted is not None and version == self.record.live_version and mounted.is_dir():
+            shutil.copytree(mounted, folder)
+        else:
+            folder.mkdir()
+            files = self.registry.read_version(version, names=artifact.MODEL_FILES)
+            for name, content in files.items():
+                (folder / name).write_bytes(content)
+        artifact.verify_files(artifact.read_dir(folder, artifact.MODEL_FILES))
+        self.record = self.record.replace(compared_with=version)
+        return folder, etag
+
+    def train(self, data: Path, live_dir: Path | None, out: Path) -> None:
+        """Trains (warm-started unless a full run was asked for) and converts into ``out``."""
+        warm = self.record.mode == "warm" and live_dir is not None
+        warm_start = ["--warm-start", live_dir / artifact.KERAS] if warm else []
+        self.stage("train", warm_start=warm)
+        keras_out = out.with_name("train")
+        train_args = ["--data", data, "--out", keras_out, *self.settings.train_args, *warm_start]
+        self.run_stage("imgclf.pipeline.training", train_args)
+        self.stage("convert")
+        paths = ["--model-dir", keras_out, "--data", data, "--out", out]
+        options = ["--quantization", self.settings.quantization, "--name", self.settings.model_name]
+        self.run_stage("imgclf.pipeline.conversion", [*paths, *options])
+
+    def evaluate(self, model_dir: Path, live_dir: Path | None, test_dir: Path) -> dict[str, Any]:
+        """Evaluates both models on the test split, applies the gate, records both in metrics.json.
+
+        Returns:
+            The gate's decision.
+        """
+        self.stage("evaluate")
+        new = evaluate_tflite(model_dir, test_dir)
+        live = None
+        if live_dir is not None:
+            live = {"version": self.record.compared_with, **evaluate_tflite(live_dir, test_dir)}
+        gate = quality_gate(new, live, self.settings.quality_tolerance)
+        metrics_path = model_dir / artifact.METRICS
+        metrics = json.loads(metrics_path.read_text())
+        r = self.record
+        job = {"id": r.id, "mode": r.mode, "reason": r.reason, "data": r.data}
+        metrics.update(evaluation=new, live_evaluation=live, gate=gate, job=job)
+        metrics_path.write_text(json.dumps(metrics, indent=2, default=float))
+        self.record = r.replace(evaluation={m: new[m] for m in GATE_METRICS}, gate=gate)
+        return gate
+
+    def publish(
+        self, model_dir: Path, test_dir: Path, gate: dict[str, Any], etag: str | None
+    ) -> None:
+        """Publishes the next version; makes it live if the gate passed and live did not move."""
+        self.stage("publish")
+        self.heartbeat.check()
+        version = self.registry.publish(model_dir, images_dir=test_dir)
+        self.record = self.record.replace(
+            version=version, promoted=False, note=f"not promoted: {gate['reason']}"
+        )
+        if not gate["passed"]:
+            return
+        self.stage("promote")
+        self.heartbeat.check()
+        try:
+            self.registry.promote(
+                version, reason=f"job {self.record.id}: {gate['reason']}", expected_etag=etag
+            )
+        except AliasConflict as exc:
+            self.record = self.record.replace(note=f"not promoted: {exc}")
+            return
+        self.record = self.record.replace(promoted=True, note="promoted")
+
+    def run(self, work: Path, channels: Path | None) -> JobRecord:
+        """Runs every stage; returns the final (succeeded) record."""
+        data = work / "data"
+        pending = list(self.store.list(PENDING))
+        self.stage("snapshot", pending=len(pending))
+        counts = snapshot(self.store, data, channels)
+        self.record = self.record.replace(data=counts)
+        live_dir, live_etag = self.live_model(work, channels)
+        if not counts["seg_test"]:
+            raise JobFailed("the data bucket has no test split (test/<class>/...)")
+        if live_dir is not None:
+            live_classes = set(json.loads((live_dir / artifact.LABELS).read_text()))
+            missing = sorted(live_classes - set(counts["seg_train"]))
+            if missing:
+                raise JobFailed(f"no training images of the live model's classes {missing}")
+        model_dir = work / "model"
+        self.train(data, live_dir, model_dir)
+        gate = self.evaluate(model_dir, live_dir, data / "seg_test")
+        self.publish(model_dir, data / "seg_test", gate, live_etag)
+        # What this job trained on is no longer new (markers that arrived since stay).
+        for key in pending:
+            self.store.delete(key)
+        return write_job(
+            self.store, self.record, status=JobStatus.SUCCEEDED, finished_at=iso(now())
+        )
+
+
+def run_job(
+    store: Store,
+    registry: Registry,
+    settings: RetrainSettings,
+    job_id: str,
+    *,
+    deadline: float | None = None,
+    channels: Path | None = None,
+) -> JobRecord:
+    """Runs job ``job_id`` to the end and records how it ended; never raises for a job failure.
+
+    Args:
+        store: the data bucket.
+        registry: the model registry.
+        settings: the retrain settings.
+        job_id: a job whose record exists and for which the lock is taken.
+        deadline: ``time.monotonic()`` by which the job must be over (the lambda backend).
+        channels: SageMaker's input channel folder (``/opt/ml/input/data``).
+
+    Returns:
+        The job's final record.
+    """
+    record = read_job(store, job_id)
+    record = write_job(
+        store,
+        record,
+        status=JobStatus.RUNNING,
+        started_at=iso(now()),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+    )
+    try:
+        lock = resume_lock(store, job_id, settings.lock_ttl_seconds)
+    except LockLost as exc:
+        return write_job(store, record, status=JobStatus.FAILED, error=str(exc))
+    job = None
+    try:
+        with Heartbeat(lock) as heartbeat, tempfile.TemporaryDirectory(prefix="imgclf-job-") as tmp:
+            job = Job(store, registry, settings, record, heartbeat, deadline)
+            return job.run(Path(tmp), channels)
+    except Exception as exc:  # noqa: BLE001 - whatever happened is recorded, then the lock freed
+        log.exception("job %s failed", job_id)
+        latest = job.record if job is not None else record
+        return write_job(
+            store,
+            latest,
+            status=JobStatus.FAILED,
+            error=f"{type(exc).__name__}: {exc}",
+            finished_at=iso(now()),
+        )
+    finally:
+        lock.release()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one job from the command line (the local and SageMaker backends start this)."""
+    parser = argparse.ArgumentParser(prog="python -m imgclf.retrain.job", description=__doc__)
+    parser.add_argument("--job-id", required=True, help="the job recorded in jobs/<id>.json")
+    parser.add_argument("--channels", type=Path, help="SageMaker input channels folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[job] %(levelname)s %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    settings = RetrainSettings.from_env()
+    store = layout.data_store(settings.data_bucket)
+    registry = open_registry(settings.model_registry_uri, settings.model_name)
+    record = run_job(store, registry, settings, args.job_id, channels=args.channels)
+    summary = {k: record.to_dict()[k] for k in ("id", "status", "version", "promoted", "error")}
+    print(json.dumps(summary))
+    return 0 if record.status == JobStatus.SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

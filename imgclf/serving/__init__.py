@@ -1,0 +1,7 @@
+"""The predict function: HTTP events, inputs, safe URL fetching, the model holder, the routes.
+
+This package and the core modules it imports (``settings``, ``errors``, ``storage``, ``layout``,
+``preprocess``, ``runtime``, ``artifact``, ``registry``) are all that the serve image copies; they
+run with ``requirements-lambda.txt`` alone and never import TensorFlow, Keras, scikit-learn or
+matplotlib (``tests/deploy/test_dockerfile.py`` proves it).
+"""

@@ -1,0 +1,113 @@
+"""Data checks: the sample generator and the folder-per-class loader."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from helpers import encode, scene_image
+from imgclf.pipeline.data import (
+    DatasetError,
+    class_names,
+    find_splits,
+    load_split,
+    stratified_split,
+)
+from imgclf.pipeline.sample_data import CLASSES, make_dataset
+from imgclf.preprocess import load_image
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.jpg")):
+        h.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_sample_data_has_the_intel_layout_and_classes(sample_data: Path) -> None:
+    train, test = find_splits(sample_data)
+    assert class_names(train) == list(CLASSES)
+    assert class_names(test) == list(CLASSES)
+    assert len(list((sample_data / "seg_pred").glob("*.jpg"))) == 3
+
+
+def test_every_sample_file_decodes_at_150x150(sample_data: Path) -> None:
+    files = sorted(sample_data.rglob("*.jpg"))
+    assert len(files) == 6 * (12 + 4) + 3
+    for path in files:
+        assert load_image(path.read_bytes(), 150, 150).shape == (150, 150, 3)
+
+
+def test_sample_data_is_deterministic(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        make_dataset(tmp_path / name, 2, 1, 1, seed=7)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    make_dataset(tmp_path / "c", 2, 1, 1, seed=8)
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_sample_classes_are_not_trivially_separable_by_mean_colour(sample_data: Path) -> None:
+    # A nearest-mean-colour classifier must not solve the task: learning has to look at structure.
+    train = load_split(find_splits(sample_data)[0], 32, 32)
+    means = train.x.reshape(len(train.x), -1, 3).mean(axis=1)
+    centroids = [means[train.y == k].mean(axis=0) for k in range(len(train.classes))]
+    dist = ((means[:, None, :] - centroids) ** 2).sum(axis=-1)
+    assert (dist.argmin(axis=1) == train.y).mean() < 0.9
+
+
+def test_loader_skips_and_reports_files_that_do_not_decode(tmp_path: Path) -> None:
+    for label in ("forest", "sea"):
+        folder = tmp_path / "train" / label
+        folder.mkdir(parents=True)
+        (folder / "ok.jpg").write_bytes(encode(scene_image(label)))
+    (tmp_path / "train" / "sea" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "train" / "sea" / "notes.txt").write_text("hello")
+    data = load_split(tmp_path / "train", 64, 64)
+    assert data.counts() == {"forest": 1, "sea": 1}
+    assert sorted(p.name for p, _ in data.skipped) == ["broken.jpg", "notes.txt"]
+
+
+def test_loader_refuses_an_empty_class(tmp_path: Path) -> None:
+    (tmp_path / "forest").mkdir()
+    (tmp_path / "forest" / "a.jpg").write_bytes(encode(scene_image("forest")))
+    (tmp_path / "sea").mkdir()
+    (tmp_path / "sea" / "broken.jpg").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match="class 'sea' .* no usable image"):
+        load_split(tmp_path, 64, 64)
+
+
+def test_loader_refuses_a_single_class(tmp_path: Path) -> None:
+    (tmp_path / "forest").mkdir()
+    (tmp_path / "forest" / "a.jpg").write_bytes(encode(scene_image("forest")))
+    with pytest.raises(DatasetError, match="needs 2"):
+        load_split(tmp_path, 64, 64)
+
+
+def test_test_split_with_an_unknown_class_is_refused(sample_data: Path) -> None:
+    _, test = find_splits(sample_data)
+    with pytest.raises(DatasetError, match="does not know"):
+        load_split(test, 32, 32, classes=["forest", "sea"])
+
+
+def test_kaggle_nested_layout_is_found(tmp_path: Path) -> None:
+    for split in ("seg_train", "seg_test"):
+        (tmp_path / split / split / "forest").mkdir(parents=True)
+    train, test = find_splits(tmp_path)
+    assert train == tmp_path / "seg_train" / "seg_train"
+    assert test == tmp_path / "seg_test" / "seg_test"
+
+
+def test_missing_split_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "seg_train").mkdir()
+    with pytest.raises(DatasetError, match="test split"):
+        find_splits(tmp_path)
+
+
+def test_stratified_split_holds_out_each_class(sample_data: Path) -> None:
+    data = load_split(find_splits(sample_data)[0], 32, 32)
+    train, val = stratified_split(data, 0.25, seed=0)
+    assert all(n == 3 for n in val.counts().values())
+    assert all(n == 9 for n in train.counts().values())
+    assert not set(map(str, train.files)) & set(map(str, val.files))
