@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.preprocess import IMAGE_SUFFIXES, load_image
+from imgclf.preprocess import IMAGE_SUFFIXES, SQUASH, Framing, load_image
 from imgclf.runtime import TFLiteModel
 from imgclf.settings import PROJECT_ROOT
 
@@ -75,6 +75,8 @@ class Manifest:
     created_at: str = ""
     # Package versions the model was trained and converted with.
     versions: dict[str, Any] = field(default_factory=dict)
+    # How images are framed into the input (``imgclf.preprocess.Framing``); older models squashed.
+    framing: str = SQUASH.name
     format: str = "tflite"
     schema_version: int = SCHEMA_VERSION
     # Keys this code does not know (a newer writer's), kept so that a rewrite loses nothing.
@@ -98,6 +100,10 @@ class Manifest:
         values["classes"] = tuple(str(c) for c in data["classes"])
         values["schema_version"] = int(data.get("schema_version", 1))
         values["name"] = str(data.get("name") or "")
+        try:
+            Framing.parse(str(values.get("framing", SQUASH.name)))
+        except ValueError as exc:
+            raise InvalidModel(f"manifest.json: {exc}") from exc
         return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod
@@ -214,6 +220,11 @@ class LoadedModel:
         return {"name": self.name, "version": self.version}
 
     @property
+    def framing(self) -> Framing:
+        """How this model's input images are framed."""
+        return Framing.parse(self.manifest.framing)
+
+    @property
     def height(self) -> int:
         return self.interpreter.height
 
@@ -234,6 +245,7 @@ class LoadedModel:
             "input": self.interpreter.input.as_dict(),
             "output": self.interpreter.output.as_dict(),
             "quantization": self.manifest.quantization or None,
+            "framing": self.manifest.framing,
             "metrics": self.manifest.metrics,
             "sha256": self.manifest.sha256,
             "runtime": {"name": runtime.name, "version": runtime.version},
@@ -287,7 +299,9 @@ def write_model(out: Path, content: bytes, manifest: Manifest) -> None:
         tmp.replace(out / filename)
 
 
-def _check_images(model: TFLiteModel, images_dir: Path | None) -> list[tuple[str, np.ndarray]]:
+def _check_images(
+    model: TFLiteModel, images_dir: Path | None, framing: Framing
+) -> list[tuple[str, np.ndarray]]:
     """Pixels to predict on: up to CHECK_IMAGES files (labelled by their folder), else synthetic."""
     if images_dir is None:
         rng = np.random.default_rng(0)
@@ -302,7 +316,10 @@ def _check_images(model: TFLiteModel, images_dir: Path | None) -> list[tuple[str
     picked = paths[:: max(1, len(paths) // CHECK_IMAGES)][:CHECK_IMAGES]
     if not picked:
         raise InvalidModel(f"no images to check the model with in {images_dir}")
-    return [(p.parent.name, load_image(p.read_bytes(), model.height, model.width)) for p in picked]
+    return [
+        (p.parent.name, load_image(p.read_bytes(), model.height, model.width, framing=framing))
+        for p in picked
+    ]
 
 
 def verify_dir(model_dir: Path, images_dir: Path | None = None) -> dict[str, Any]:
@@ -323,7 +340,7 @@ def verify_dir(model_dir: Path, images_dir: Path | None = None) -> dict[str, Any
     check_spec(model, manifest)
     classes = manifest.classes
     agree = labelled = 0
-    samples = _check_images(model, images_dir)
+    samples = _check_images(model, images_dir, Framing.parse(manifest.framing))
     for label, pixels in samples:
         probs = model.predict(pixels)
         if probs.shape != (len(classes),) or not np.all(np.isfinite(probs)):

@@ -51,7 +51,7 @@ def predict(model: LoadedModel, image: bytes, top_k: int, limits: ImageLimits) -
         UnprocessableImage: not a decodable image, too small, or over the pixel limit.
     """
     t0 = time.perf_counter()
-    pixels = load_image(image, model.height, model.width, limits)
+    pixels = load_image(image, model.height, model.width, limits, model.framing)
     t1 = time.perf_counter()
     probs = model.predict(pixels)
     t2 = time.perf_counter()

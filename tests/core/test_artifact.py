@@ -23,15 +23,17 @@ def test_a_manifest_written_before_schema_versions_still_loads_and_round_trips()
     # WHEN it is read and written back
     manifest = Manifest.from_dict(raw)
     again = manifest.to_dict()
-    # THEN it is schema 1, typed, and nothing it held is lost
+    # THEN it is schema 1, typed, framed as models then were, and nothing it held is lost
     assert manifest.schema_version == 1 and manifest.classes == tuple(raw["classes"])
     assert manifest.quantization == raw["quantization"] and manifest.sha256 == raw["sha256"]
-    assert {k: v for k, v in again.items() if k != "schema_version"} == raw
+    assert manifest.framing == "squash_bilinear"
+    assert {k: v for k, v in again.items() if k not in ("schema_version", "framing")} == raw
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
+        (b'{"sha256": "x", "classes": ["a"], "framing": "fisheye"}', "unknown framing"),
         (b"[1, 2]", "not a JSON object"),
         (b"{not json", "not valid JSON"),
         (b'{"sha256": "x"}', "no list of classes"),

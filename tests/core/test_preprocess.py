@@ -8,7 +8,7 @@ from PIL import Image
 
 from helpers import encode, scene_image
 from imgclf.errors import UnprocessableImage, UnsupportedMediaType
-from imgclf.preprocess import load_image
+from imgclf.preprocess import CENTER_CROP, SQUASH, Framing, load_image
 from imgclf.settings import ImageLimits
 
 
@@ -108,3 +108,32 @@ def test_too_small_is_422() -> None:
     with pytest.raises(UnprocessableImage) as info:
         load_image(encode(Image.new("RGB", (8, 8)), "PNG"), 150, 150)
     assert info.value.code == "image_too_small"
+
+
+# ---- framing (the model's, from its manifest) ----------------------------------------------
+def test_a_central_crop_keeps_the_central_square_of_the_shorter_side() -> None:
+    # 400x200, green in the middle 200 columns: the 0.875 crop is x in [112.5, 287.5), all green.
+    pixels = np.zeros((200, 400, 3), np.uint8)
+    pixels[..., 0] = 255
+    pixels[:, 100:300] = (0, 255, 0)
+    png = encode(Image.fromarray(pixels), "PNG")
+    framed = load_image(png, 224, 224, framing=CENTER_CROP)
+    assert framed.shape == (224, 224, 3) and framed.dtype == np.uint8
+    np.testing.assert_array_equal(framed, np.broadcast_to((0, 255, 0), framed.shape))
+    # The whole image, squashed, keeps the red sides.
+    assert (load_image(png, 224, 224)[:, 0] == (255, 0, 0)).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P"])
+def test_a_central_crop_gives_rgb_for_any_mode(mode: str) -> None:
+    image = scene_image("sea", size=(300, 200)).convert(mode)
+    framed = load_image(encode(image, "PNG"), 240, 240, framing=CENTER_CROP)
+    assert framed.shape == (240, 240, 3) and framed.dtype == np.uint8
+
+
+def test_framings_are_named_as_manifests_record_them() -> None:
+    assert (SQUASH.name, CENTER_CROP.name) == ("squash_bilinear", "crop_0.875_bicubic")
+    assert Framing.parse(CENTER_CROP.name) == CENTER_CROP and Framing.parse(SQUASH.name) == SQUASH
+    for name in ("crop_1.5_bicubic", "squash_lanczos", "crop", "crop_0.8750_bicubic"):
+        with pytest.raises(ValueError, match="framing"):
+            Framing.parse(name)
