@@ -5,17 +5,26 @@ PY := $(VENV)/bin/python
 SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 SAMPLE := data/sample
+PHOTOS := data/photos
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format sample-data train convert model notebook
+.PHONY: help setup test test-fast lint format sample-data photo-data train convert model pretrained notebook
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-train.txt requirements-lambda.txt
+# Two steps, so that `make run` serves within a minute: the serving set and the local stack first
+# (about 250 MB), the training stack and the tools (about 2.4 GB, TensorFlow) only when needed.
+$(VENV)/.stack: requirements-stack.txt requirements-lambda.txt
+	@echo "==> [setup 1/2] $(VENV): the serving set and the local stack (about 250 MB)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --progress-bar on -r requirements-stack.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.stack requirements.txt requirements-train.txt
+	@echo "==> [setup 2/2] $(VENV): the training stack, notebook and test tools (about 2.4 GB)"
+	$(PY) -m pip install --progress-bar on -r requirements.txt
 	touch $@
 
 $(SAM_VENV)/.installed: requirements-deploy.txt
@@ -23,9 +32,9 @@ $(SAM_VENV)/.installed: requirements-deploy.txt
 	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-deploy.txt
 	touch $@
 
-setup: $(VENV)/.installed $(SAM_VENV)/.installed ## create .venv (and .venv-sam) from the pinned requirements
+setup: $(VENV)/.installed $(SAM_VENV)/.installed browser ## create .venv (and .venv-sam) from the pinned requirements, and Chromium
 
-test: setup ## run the whole test suite (what CI runs)
+test: setup $(VENV)/.bench-installed ## run the whole test suite (what CI runs)
 	$(PY) -m pytest
 
 test-fast: setup ## run the tests not marked slow
@@ -40,18 +49,26 @@ format: setup ## ruff format + autofix
 	$(VENV)/bin/ruff check --fix .
 
 # ---- training pipeline -------------------------------------------------------------------------
-sample-data: $(VENV)/.installed ## draw the seeded 6-class sample dataset into data/sample
+sample-data: $(VENV)/.stack ## draw the seeded 6-class sample dataset into data/sample
+	@echo "==> drawing the sample dataset into $(SAMPLE) (about 10 s)"
 	$(PY) -m imgclf.pipeline.sample_data --out $(SAMPLE)
 
-train: sample-data ## Keras Tuner search + final fit + evaluation on the sample data -> runs/train
+photo-data: $(VENV)/.installed ## crop the photos that ship with scikit-image/-learn, matplotlib into data/photos
+	@echo "==> cropping 22 bundled photos into $(PHOTOS) (about 10 s)"
+	$(PY) -m imgclf.pipeline.photo_data --out $(PHOTOS)
+
+train: $(VENV)/.installed sample-data ## transfer learning or the CNN, chosen within 10 min, on the sample data -> runs/train
 	$(PY) train.py --data $(SAMPLE) --out runs/train
 
-convert: ## Keras -> TFLite with the parity check (QUANT=float32|float16|dynamic|int8)
-	$(PY) convert.py --model-dir runs/train --data $(SAMPLE) --quantization $(or $(QUANT),float16)
+convert: ## Keras -> TFLite behind the parity gate (QUANT=auto|float32|float16|dynamic|int8)
+	$(PY) convert.py --model-dir runs/train --data $(SAMPLE) --quantization $(or $(QUANT),auto)
 
-model: sample-data ## rebuild the bundled model/ from scratch (sample data, default budget, seed 0)
-	$(PY) train.py --data $(SAMPLE) --out runs/model --overwrite
-	$(PY) convert.py --model-dir runs/model --data $(SAMPLE) --quantization float16 --out model
+model: $(VENV)/.installed photo-data ## rebuild model/content/ by transfer learning on data/photos (default budget, seed 0)
+	$(PY) train.py --data $(PHOTOS) --out runs/model --overwrite --val-by-source
+	$(PY) convert.py --model-dir runs/model --data $(PHOTOS) --out model/content --name content
+
+pretrained: $(VENV)/.installed ## rebuild model/imagenet/: pretrained EfficientNet-Lite0 through the gate
+	$(PY) -m imgclf.pipeline.pretrained --out model/imagenet
 
 notebook: $(VENV)/.installed ## execute notebook.ipynb on the sample data into runs/notebook.ipynb
 	$(PY) scripts/run_notebook.py notebook.ipynb --out runs/notebook.ipynb
@@ -65,27 +82,72 @@ test-lambda-venv: $(VENV)/.installed ## serving tests in a clean venv from requi
 .PHONY: bench bench-docs
 BUDGET ?= full
 
-bench: $(VENV)/.installed ## handler vs Keras: latency, floor, cold start, size, Locust, cost (BUDGET=tiny)
+# Benchmark-only engines (tf2onnx, onnx, onnxruntime): never in the serving set.
+$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $@
+
+bench: $(VENV)/.bench-installed ## every bundled model: handler vs Keras vs ONNX Runtime, batches, cold start, memory/cost curve (BUDGET=tiny)
 	test -d $(SAMPLE)/seg_pred || $(MAKE) sample-data
 	$(PY) -m benchmarks --budget $(BUDGET) --out reports/bench
 
-bench-docs: $(VENV)/.installed ## the committed run: docs/benchmarks.{md,json}, then README's table from it
+bench-docs: $(VENV)/.bench-installed ## the committed run: docs/benchmarks.{md,json,-memory.png}, then README's table
 	test -d $(SAMPLE)/seg_pred || $(MAKE) sample-data
 	$(PY) -m benchmarks --budget full --out docs/benchmarks
 	$(PY) -m benchmarks.report --readme --json docs/benchmarks.json
 
+# ---- out-of-distribution scores (README "Serving API", docs/ood.md) ----------------------------
+.PHONY: ood
+
+ood: $(VENV)/.installed ## AUROC of each bundled model's OOD score: own test images vs far inputs -> docs/ood.{md,json}
+	test -d $(SAMPLE)/seg_test || $(MAKE) sample-data
+	$(PY) -m benchmarks.ood --out docs/ood
+
+# ---- hostile input (README "Hostile input", docs/fuzz.md) --------------------------------------
+.PHONY: fuzz
+FUZZ_ARGS ?=
+
+fuzz: $(VENV)/.installed ## hostile input through the handler (Pillow corpus in .cache/fuzz/) -> docs/fuzz.{md,json}
+	$(PY) -m fuzz --out docs/fuzz $(FUZZ_ARGS)
+
+# ---- web console (README "Web console") ---------------------------------------------------------
+.PHONY: browser test-console
+CHROMIUM ?= /usr/bin/chromium
+
+# Playwright cannot download its own browser here: the tests drive Debian's Chromium. Installed
+# once (as root, with apt); elsewhere skipped with a note, except under CI, where it must exist.
+browser: ## Chromium for the console's browser tests (apt-get, as root; required when CI=true)
+	@if [ -x "$(CHROMIUM)" ]; then \
+		echo "==> browser: $(CHROMIUM) is there"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> browser: apt-get install chromium (about 300 MB)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	elif [ "$${CI:-}" = true ]; then \
+		echo "error: CI runs the browser tests: install chromium (no root or no apt-get here)" >&2; \
+		exit 1; \
+	else \
+		echo "==> browser: skipped (not root, or no apt-get): the browser tests will be skipped;" \
+			"install Chromium yourself and set CHROMIUM=/path/to/chromium"; \
+	fi
+
+test-console: setup ## the web console in Chromium: every flow, the long retraining one included
+	CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests/console
+
 # ---- local stack and load testing (README "Local stack", "Load testing") -----------------------
 .PHONY: run load-test
 PORT ?= 3000
+S3_PORT ?= 4566
+STATIC_PORT ?= 3001
 WORKERS ?= 2
 API_URL ?= http://127.0.0.1:$(PORT)
 USERS ?= 10
 SPAWN_RATE ?= 5
 DURATION ?= 30s
 
-run: $(VENV)/.installed ## the local stack: API on 127.0.0.1:3000 (PORT, WORKERS); Ctrl-C stops it all
+run: $(VENV)/.stack ## the local stack: API on 127.0.0.1:3000 (PORT S3_PORT STATIC_PORT WORKERS); Ctrl-C stops it
 	test -d $(SAMPLE)/seg_pred || $(MAKE) sample-data
-	$(PY) -m imgclf.local --port $(PORT) --workers $(WORKERS) --data-dir $(SAMPLE)
+	$(PY) -m imgclf.local --port $(PORT) --s3-port $(S3_PORT) --static-port $(STATIC_PORT) \
+		--workers $(WORKERS) --data-dir $(SAMPLE)
 
 load-test: $(VENV)/.installed ## Locust, headless, against API_URL (USERS, SPAWN_RATE, DURATION) -> reports/
 	test -d $(SAMPLE)/seg_pred || $(MAKE) sample-data
@@ -97,18 +159,18 @@ load-test: $(VENV)/.installed ## Locust, headless, against API_URL (USERS, SPAWN
 # ---- registry and retraining (README "Registry and retraining") --------------------------------
 .PHONY: registry jobs retrain test-retrain
 # The local stack's S3 endpoint (make run) with moto's dummy credentials; LOCAL_AWS= talks to AWS.
-LOCAL_AWS ?= AWS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_ACCESS_KEY_ID=testing \
+LOCAL_AWS ?= AWS_ENDPOINT_URL=http://127.0.0.1:$(S3_PORT) AWS_ACCESS_KEY_ID=testing \
 	AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
 REGISTRY_URI ?= s3://imgclf-models/models
 
-registry: $(VENV)/.installed ## registry CLI (local stack): ARGS="list | show 2 | promote 2 | rollback"
+registry: $(VENV)/.stack ## registry CLI (local stack): ARGS="list | show 2 | promote 2 | rollback"
 	$(LOCAL_AWS) MODEL_REGISTRY_URI=$(REGISTRY_URI) $(PY) -m imgclf.registry $(or $(ARGS),list)
 
-jobs: $(VENV)/.installed ## the training jobs of the local stack, their outcome, and the new images pending
+jobs: $(VENV)/.stack ## the training jobs of the local stack, their outcome, and the new images pending
 	$(LOCAL_AWS) $(PY) -m imgclf.retrain list
 
-retrain: $(VENV)/.installed ## ask the local stack to retrain now (MODE=warm|full) via incoming/_retrain/
-	$(LOCAL_AWS) $(PY) -m imgclf.retrain request --mode $(or $(MODE),warm)
+retrain: $(VENV)/.stack ## ask the local stack to retrain a model now (MODEL=scene MODE=warm|full)
+	$(LOCAL_AWS) $(PY) -m imgclf.retrain request --model $(or $(MODEL),scene) --mode $(or $(MODE),warm)
 
 test-retrain: $(VENV)/.installed ## registry, ingestion and retraining tests (real training on tiny data)
 	$(PY) -m pytest tests/core/test_registry.py tests/retrain tests/stack/test_retrain_e2e.py

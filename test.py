@@ -5,7 +5,9 @@ Usage:
     python test.py --url URL --image-url http://127.0.0.1:3001/seg_pred/0.jpg
     python test.py --stack imgclf --file photo.jpg   # the API URL from the stack's ApiUrl output
 
-Prints the top-k table; exits 1 when the API answers with an error (or cannot be reached).
+Prints the top-k table; exits 1 when the API answers with an error (or cannot be reached). A file
+over DIRECT_LIMIT_BYTES (what one request may carry) goes to S3 by presigned POST first
+(``POST /uploads``), then is classified by reference (``{"s3_key": ...}``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import requests
 
 STACK_OUTPUT_KEY = "ApiUrl"
+# MAX_BODY_BYTES is 4,500,000: Lambda's 6 MB synchronous event with the body base64-encoded.
+DIRECT_LIMIT_BYTES = 4_400_000
 BAR_WIDTH = 30
 
 
@@ -34,9 +38,12 @@ def api_url_from_stack(stack_name: str, output_key: str = STACK_OUTPUT_KEY) -> s
         The URL.
     """
     # Imported here: only this option needs AWS (or the local endpoint in AWS_ENDPOINT_URL).
-    from imgclf.cloudformation import stack_outputs
+    from imgclf.cloudformation import StackNotReadable, stack_outputs
 
-    outputs = stack_outputs(stack_name)
+    try:
+        outputs = stack_outputs(stack_name)
+    except StackNotReadable as exc:
+        raise SystemExit(f"error: {exc}") from None
     if output_key not in outputs:
         raise SystemExit(f"stack {stack_name} has no output {output_key}")
     return outputs[output_key]
@@ -66,6 +73,8 @@ def classify(
     params = {"top_k": top_k} if top_k else None
     if file is not None:
         content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if file.stat().st_size > DIRECT_LIMIT_BYTES:
+            return classify_by_upload(api_url, file, content_type, top_k, timeout)
         return requests.post(
             url,
             data=file.read_bytes(),
@@ -74,6 +83,38 @@ def classify(
             timeout=timeout,
         )
     return requests.post(url, json={"url": image_url}, params=params, timeout=timeout)
+
+
+def classify_by_upload(
+    api_url: str, file: Path, content_type: str, top_k: int | None, timeout: float
+) -> requests.Response:
+    """Sends a large file to S3 with a presigned POST, then classifies it by its key.
+
+    Returns:
+        The answer of ``POST /predict`` (or of the step that failed).
+    """
+    base = api_url.rstrip("/")
+    size = file.stat().st_size
+    asked = requests.post(
+        f"{base}/uploads", json={"content_type": content_type, "size": size}, timeout=timeout
+    )
+    if not asked.ok:
+        return asked
+    post = asked.json()
+    with file.open("rb") as data:
+        # The policy's fields first, the file last (S3 ignores fields after the file).
+        sent = requests.post(
+            post["url"],
+            data=post["fields"],
+            files={"file": (file.name, data, content_type)},
+            timeout=timeout,
+        )
+    if not sent.ok:
+        return sent
+    body: dict[str, Any] = {"s3_key": post["key"]}
+    if top_k:
+        body["top_k"] = top_k
+    return requests.post(f"{base}/predict", json=body, timeout=timeout)
 
 
 def format_answer(answer: dict[str, Any], round_trip_ms: float) -> str:

@@ -6,6 +6,9 @@ A model directory (the bundled ``model/``, a training run's output, a registry v
     model.keras     the Keras model it came from (warm starts need it; serving does not)
     labels.json     the class names, in output order
     metrics.json    the evaluation (train.py's, then the retrain job's)
+    ood.npz         optional: the out-of-distribution statistics of the penultimate features
+                    (``OodStats``; models converted before it, and their one-output model.tflite,
+                    serve without an ``ood`` score)
     manifest.json   what the rest is: sha256, tensors, classes, quantisation, parity (``Manifest``)
 
 ``verify_files`` is the cheap check serving runs on every load; ``load`` adds loading, the tensor
@@ -20,9 +23,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import subprocess
 import sys
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +46,14 @@ METRICS = "metrics.json"
 MANIFEST = "manifest.json"
 # Every file of a version; the manifest last, since its presence is what makes a version exist.
 MODEL_FILES = (MODEL, KERAS, LABELS, METRICS, MANIFEST)
+OOD = "ood.npz"
 # What a serving container needs.
 SERVING_FILES = (MODEL, LABELS, MANIFEST, METRICS)
+# Files a version may have, read and verified (sha256 in the manifest's ``ood``) when present.
+OPTIONAL_FILES = (OOD,)
+# ``ood.score`` above this marks an answer ``unusual``: further from the model's training data
+# than 99% of its own held-out in-distribution images.
+OOD_THRESHOLD = 0.99
 # Bytes 4..8 of every TFLite flatbuffer (its file identifier).
 TFLITE_IDENTIFIER = b"TFL3"
 # 1: manifests written before the field existed (no schema_version); 2: this module's.
@@ -57,6 +68,10 @@ class InvalidModel(Exception):
     """The files are not a valid model (missing, hash, format, spec, classes or predictions)."""
 
 
+# Manifest fields added since schema 2 (the parity gate's decision).
+_OMITTED_WHEN_EMPTY = ("quantization_reason", "gate", "features", "ood")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """``manifest.json``: what a version's ``model.tflite`` is and where it came from."""
@@ -68,10 +83,19 @@ class Manifest:
     size_bytes: int | None = None
     input: dict[str, Any] = field(default_factory=dict)
     output: dict[str, Any] = field(default_factory=dict)
-    # The Keras model's evaluation on its test split: accuracy, macro_f1.
+    # The Keras model's evaluation on its test split: accuracy, macro_f1 (empty without labels).
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The written model's figures against Keras (``imgclf.pipeline.conversion.ParityReport``).
     parity: dict[str, Any] = field(default_factory=dict)
+    # Why this quantisation, in a sentence: the parity gate's verdict on each one it tried.
+    quantization_reason: str = ""
+    # The parity gate's limits and the figures of every quantisation it tried (older: empty).
+    gate: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    # The penultimate features output of a two-output model.tflite (shape, dtype, quantisation).
+    features: dict[str, Any] = field(default_factory=dict)
+    # ``ood.npz``: its sha256 and size, and how it was fitted and calibrated (``OodStats``).
+    ood: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     # Package versions the model was trained and converted with.
     versions: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +147,11 @@ class Manifest:
         data = dataclasses.asdict(self)
         extra = data.pop("extra")
         data["classes"] = list(self.classes)
+        # Fields newer than some manifests are left out while empty: rewriting an older manifest
+        # then adds nothing to it.
+        for name in _OMITTED_WHEN_EMPTY:
+            if not data[name]:
+                del data[name]
         return {**extra, **data}
 
     def to_json(self) -> bytes:
@@ -171,7 +200,93 @@ def verify_files(files: dict[str, bytes]) -> Manifest:
     output_shape = manifest.output.get("shape")
     if output_shape and output_shape[-1] != len(labels):
         raise InvalidModel(f"output shape {output_shape} does not fit {len(labels)} classes")
+    ood = files.get(OOD)
+    if ood is not None:
+        if not manifest.ood.get("sha256"):
+            raise InvalidModel(f"{OOD} is not described by the manifest (no ood.sha256)")
+        digest = hashlib.sha256(ood).hexdigest()
+        if digest != manifest.ood["sha256"]:
+            raise InvalidModel(f"{OOD} sha256 {digest} != manifest {manifest.ood['sha256']}")
     return manifest
+
+
+@dataclass(frozen=True)
+class OodStats:
+    """How far an input's penultimate features are from the model's in-distribution data.
+
+    Class-conditional Gaussians with one shared covariance (Mahalanobis, Lee et al. 2018) in a
+    PCA-reduced feature space: ``distance`` is the smallest squared Mahalanobis distance to a class
+    mean, and ``score`` its empirical CDF over held-out in-distribution images (``calibration``,
+    sorted): 0.97 means 97% of those images were closer. ``imgclf.pipeline.ood`` fits them.
+    """
+
+    mean: np.ndarray  # (feature_dim,) the training features' mean
+    components: np.ndarray  # (feature_dim, dims) the PCA projection
+    class_means: np.ndarray  # (classes, dims) in the projected space
+    whitening: np.ndarray  # (dims, dims) W with W @ W.T = the shared covariance's inverse
+    calibration: np.ndarray  # (n,) sorted distances of held-out in-distribution images
+
+    _KEYS = ("mean", "components", "class_means", "whitening", "calibration")
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """The smallest squared Mahalanobis distance to a class mean, per row of ``(N, dim)``."""
+        z = (np.asarray(features, np.float64) - self.mean) @ self.components
+        diff = (z[:, np.newaxis, :] - self.class_means[np.newaxis]) @ self.whitening
+        return np.min(np.sum(diff * diff, axis=-1), axis=1)
+
+    def scores(self, distances: np.ndarray) -> np.ndarray:
+        """The share of the calibration images no further than each distance (0..1)."""
+        ranks = np.searchsorted(self.calibration, distances, side="right")
+        return ranks / len(self.calibration)
+
+    def assess(self, features: np.ndarray, threshold: float = OOD_THRESHOLD) -> dict[str, Any]:
+        """The ``ood`` field of one answer: ``{"score", "unusual"}``."""
+        score = float(self.scores(self.distances(features[np.newaxis]))[0])
+        return {"score": round(score, 4), "unusual": score > threshold}
+
+    def to_bytes(self) -> bytes:
+        """``ood.npz``, byte for byte the same for the same arrays (fixed zip times)."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for key in self._KEYS:
+                array = io.BytesIO()
+                np.lib.format.write_array(
+                    array, np.ascontiguousarray(getattr(self, key), np.float32), allow_pickle=False
+                )
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, array.getvalue())
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, content: bytes) -> OodStats:
+        """Reads ``ood.npz`` (no pickles).
+
+        Raises:
+            InvalidModel: not an npz of the expected arrays and shapes.
+        """
+        try:
+            with np.load(io.BytesIO(content), allow_pickle=False) as data:
+                arrays = {k: np.asarray(data[k], np.float64) for k in cls._KEYS}
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+            raise InvalidModel(f"{OOD} is not valid: {exc}") from exc
+        d, k = arrays["components"].shape if arrays["components"].ndim == 2 else (0, 0)
+        if (
+            arrays["mean"].shape != (d,)
+            or arrays["class_means"].ndim != 2
+            or arrays["class_means"].shape[1] != k
+            or arrays["whitening"].shape != (k, k)
+            or arrays["calibration"].ndim != 1
+            or not len(arrays["calibration"])
+            or not all(np.all(np.isfinite(a)) for a in arrays.values())
+        ):
+            raise InvalidModel(f"{OOD} has arrays of unexpected shapes or non-finite values")
+        arrays["calibration"] = np.sort(arrays["calibration"])
+        return cls(**arrays)
 
 
 def check_spec(model: TFLiteModel, manifest: Manifest) -> None:
@@ -209,6 +324,8 @@ class LoadedModel:
     version: str
     interpreter: TFLiteModel
     manifest: Manifest
+    # The out-of-distribution statistics (None: the version has no ood.npz or no features output).
+    ood: OodStats | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -236,6 +353,14 @@ class LoadedModel:
         """Class probabilities for ``(height, width, 3)`` uint8 pixels."""
         return self.interpreter.predict(pixels)
 
+    def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """Class probabilities and the ``ood`` field (``{"score", "unusual"}``, or None when the
+        version has no OOD statistics) for ``(height, width, 3)`` uint8 pixels."""
+        probs, features = self.interpreter.classify(pixels)
+        if self.ood is None or features is None:
+            return probs, None
+        return probs, self.ood.assess(features)
+
     def describe(self) -> dict[str, Any]:
         """The body of ``GET /model``."""
         runtime = self.interpreter.runtime
@@ -248,6 +373,7 @@ class LoadedModel:
             "framing": self.manifest.framing,
             "metrics": self.manifest.metrics,
             "sha256": self.manifest.sha256,
+            "ood": self.manifest.ood or None,
             "runtime": {"name": runtime.name, "version": runtime.version},
         }
 
@@ -274,26 +400,51 @@ def load(
     manifest = verify_files(files)
     model = _interpreter(files[MODEL], num_threads)
     check_spec(model, manifest)
+    ood = load_ood(files, model)
     # The first invoke after loading costs ~15 ms more than the next ones: pay it now.
     model.predict(np.zeros((model.height, model.width, 3), dtype=np.uint8))
     return LoadedModel(
-        name=manifest.name or name,
+        name=name or manifest.name,
         version=version or str(manifest.extra.get("version") or BUNDLED_VERSION),
         interpreter=model,
         manifest=manifest,
+        ood=ood,
     )
 
 
-def read_dir(path: Path, names: Sequence[str] = SERVING_FILES) -> dict[str, bytes]:
+def load_ood(files: dict[str, bytes], model: TFLiteModel) -> OodStats | None:
+    """The version's ``OodStats`` (verified by ``verify_files``), or None without ``ood.npz``.
+
+    Raises:
+        InvalidModel: the file does not parse, or the model has no features output of its size.
+    """
+    if OOD not in files:
+        return None
+    stats = OodStats.from_bytes(files[OOD])
+    if model.features is None or model.features.shape[-1] != stats.feature_dim:
+        got = None if model.features is None else list(model.features.shape)
+        raise InvalidModel(f"{OOD} needs {stats.feature_dim} features; the model outputs {got}")
+    return stats
+
+
+def read_dir(path: Path, names: Sequence[str] = SERVING_FILES + OPTIONAL_FILES) -> dict[str, bytes]:
     """Reads the files of a model directory that are present (of ``names``)."""
     return {n: (path / n).read_bytes() for n in names if (path / n).is_file()}
 
 
-def write_model(out: Path, content: bytes, manifest: Manifest) -> None:
-    """Writes ``model.tflite`` then ``manifest.json`` into ``out``, each through a temporary name,
-    so a reader never sees a manifest that does not describe the file next to it."""
+def write_model(out: Path, content: bytes, manifest: Manifest, ood: bytes | None = None) -> None:
+    """Writes ``model.tflite``, ``ood.npz`` then ``manifest.json`` into ``out``, each through a
+    temporary name, so a reader never sees a manifest that does not describe the files next to it.
+
+    Without ``ood``, a stale ``ood.npz`` is removed (the new manifest does not describe it).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    for filename, data in ((MODEL, content), (MANIFEST, manifest.to_json())):
+    if ood is None:
+        (out / OOD).unlink(missing_ok=True)
+    written = ((MODEL, content), (OOD, ood), (MANIFEST, manifest.to_json()))
+    for filename, data in written:
+        if data is None:
+            continue
         tmp = out / f".{filename}.tmp"
         tmp.write_bytes(data)
         tmp.replace(out / filename)

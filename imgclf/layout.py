@@ -2,15 +2,15 @@
 
 The data bucket::
 
-    incoming/<class>/<file>               an upload (the only prefix that triggers retraining)
-    incoming/<any>.zip                    an archive of class folders: <class>/<file> entries
-    incoming/_retrain/<any>               a retraining request; optional JSON {"mode": ...}
-    train/<class>/<sha256>.<ext>          ingested images, named by their content
-    test/<class>/<sha256>.<ext>           the fixed test split: seeded, never written by uploads
-    rejected/<id>.json                    why an upload (or archive entry) was refused
-    jobs/lock.json                        the lock that lets one training job run at a time
-    jobs/<id>.json                        a job's record
-    jobs/pending/<class>/<sha256>.<ext>   one empty marker per image ingested since the last job
+    incoming/<model>/<class>/<file>        an upload (the only prefix that triggers retraining)
+    incoming/<model>/<any>.zip             an archive of class folders: <class>/<file> entries
+    incoming/_retrain/<model>[.json|/<any>]  a retraining request; optional JSON {"mode": ...}
+    train/<model>/<class>/<sha256>.<ext>   ingested images, named by their content
+    test/<model>/<class>/<sha256>.<ext>    the held-out split: an image's hash decides its split
+    rejected/<id>.json                     why an upload (or archive entry) was refused
+    jobs/locks/<model>.json                the lock that lets one job per model run at a time
+    jobs/<id>.json                         a job's record
+    jobs/pending/<model>/<class>/<sha256>.<ext>  a marker per image ingested since the last job
 
 The model registry (``MODEL_REGISTRY_URI``, a bucket prefix or a local folder)::
 
@@ -20,7 +20,13 @@ The model registry (``MODEL_REGISTRY_URI``, a bucket prefix or a local folder)::
 
 from __future__ import annotations
 
+import re
+
 from imgclf.storage import Store, open_store
+
+# A model or class name: lowercase, digits, "-" and "_"; safe as an S3 key part, a folder name, a
+# URL path segment and a label. Names starting with "_" are reserved (``incoming/_retrain/``).
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 # The names the local stack creates, and the settings' defaults; template.yaml names its own.
 DATA_BUCKET = "imgclf-data"
@@ -33,7 +39,7 @@ TRAIN = "train/"
 TEST = "test/"
 REJECTED = "rejected/"
 JOBS = "jobs/"
-LOCK_KEY = f"{JOBS}lock.json"
+LOCKS = f"{JOBS}locks/"
 PENDING = f"{JOBS}pending/"
 # Where a SageMaker training job's own (empty) output goes.
 SAGEMAKER_OUTPUT = f"{JOBS}sagemaker/"
@@ -49,6 +55,16 @@ def data_store(bucket: str) -> Store:
 def bucket_uri(bucket: str, prefix: str = "") -> str:
     """Returns ``s3://<bucket>/<prefix>``."""
     return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+def lock_key(model: str) -> str:
+    """The key of a model's job lock."""
+    return f"{LOCKS}{model}.json"
+
+
+def model_prefix(split: str, model: str) -> str:
+    """``train/<model>/``, ``test/<model>/`` or ``jobs/pending/<model>/``."""
+    return f"{split}{model}/"
 
 
 def job_key(job_id: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.layout import DATA_BUCKET, REGISTRY_URI
@@ -26,12 +26,21 @@ ENV_NUM_THREADS = "NUM_THREADS"
 ENV_MAX_BODY_BYTES = "MAX_BODY_BYTES"
 ENV_MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
 ENV_MIN_IMAGE_SIDE = "MIN_IMAGE_SIDE"
+ENV_MAX_DECODED_BYTES = "MAX_DECODED_BYTES"
+ENV_MAX_JPEG_SCANS = "MAX_JPEG_SCANS"
+ENV_MAX_IMAGE_CHUNKS = "MAX_IMAGE_CHUNKS"
+ENV_MAX_BATCH_DECODED_BYTES = "MAX_BATCH_DECODED_BYTES"
 ENV_MAX_BATCH = "MAX_BATCH"
 ENV_DEFAULT_TOP_K = "DEFAULT_TOP_K"
 ENV_URL_TIMEOUT_SECONDS = "URL_TIMEOUT_SECONDS"
 ENV_URL_MAX_BYTES = "URL_MAX_BYTES"
 ENV_URL_MAX_REDIRECTS = "URL_MAX_REDIRECTS"
 ENV_ALLOW_PRIVATE_URLS = "ALLOW_PRIVATE_URLS"
+# Uploads by presigned POST (large images for /predict, labelled images for retraining) and the
+# scope of an admin JWT (the web console's writes). DATA_BUCKET (below) names the bucket.
+ENV_UPLOAD_MAX_BYTES = "UPLOAD_MAX_BYTES"
+ENV_UPLOAD_EXPIRES_SECONDS = "UPLOAD_EXPIRES_SECONDS"
+ENV_ADMIN_SCOPE = "ADMIN_SCOPE"
 # Powertools' own names (its Logger also reads LOG_LEVEL itself).
 ENV_POWERTOOLS_SERVICE_NAME = "POWERTOOLS_SERVICE_NAME"
 ENV_POWERTOOLS_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
@@ -56,10 +65,31 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Limits applied to every image before and while it is decoded."""
+    """Limits applied to every image before it is decoded, so that no input, however made, can
+    take more than a bounded time and memory (``imgclf.preprocess`` checks them; README
+    "Hostile input" gives the reasons for the defaults).
+
+    Attributes:
+        max_pixels: width x height, read from the header (animations: the canvas).
+        min_side: the shortest side accepted.
+        max_decoded_bytes: the bytes decoding one image makes, estimated from its header by
+            format and mode: a PNG's inflated rows, a JPEG's coefficients (once more per ten
+            scans), libwebp's canvases, the image and each full-size conversion. Memory and
+            time both follow it (``imgclf.preprocess``).
+        max_jpeg_scans: SOS markers in a JPEG: libjpeg walks every block once per scan.
+        max_image_chunks: JPEG markers, PNG chunks, GIF blocks before the first frame: Pillow
+            parses each one in Python.
+        max_batch_decoded_bytes: the decoded bytes all the images of one request may add up
+            to. A request's budget, not a property of an image: retraining has no batches and
+            does not read it.
+    """
 
     max_pixels: int = 40_000_000
     min_side: int = 16
+    max_decoded_bytes: int = 320_000_000
+    max_jpeg_scans: int = 100
+    max_image_chunks: int = 10_000
+    max_batch_decoded_bytes: int = field(default=320_000_000, compare=False)
 
 
 @dataclass(frozen=True)
@@ -69,10 +99,12 @@ class ServeSettings:
     ``model_registry_uri`` empty means: serve the bundled model in ``model_dir`` (no registry).
     """
 
-    model_name: str = "scene"
+    # The default model: the pretrained classifier knows real photos out of the box.
+    model_name: str = "imagenet"
     model_registry_uri: str = ""
     model_dir: Path = PROJECT_ROOT / "model"
-    model_refresh_seconds: float = 60.0
+    # A re-check is one conditional GET (304 when nothing moved): cheap enough to do often.
+    model_refresh_seconds: float = 5.0
     model_cache_size: int = 2
     num_threads: int = 1
     # Lambda's synchronous payload limit is 6 MB for the whole event, base64 included.
@@ -84,6 +116,14 @@ class ServeSettings:
     url_max_bytes: int = 4_500_000
     url_max_redirects: int = 3
     allow_private_urls: bool = False
+    # Where presigned POSTs put files (uploads/, incoming/) and where jobs and rejections are read.
+    data_bucket: str = DATA_BUCKET
+    # A presigned POST's size cap: a phone photo is 3-12 MB; /predict reads it whole into memory.
+    upload_max_bytes: int = 20_000_000
+    # A presigned POST is good for this long: enough to start an upload, short if it leaks.
+    upload_expires_seconds: int = 300
+    # The scope an admin JWT carries (API Gateway's JWT authorizer checks it on write routes).
+    admin_scope: str = "imgclf/admin"
     service_name: str = "imgclf"
     metrics_namespace: str = "imgclf"
 
@@ -103,6 +143,14 @@ class ServeSettings:
             image_limits=ImageLimits(
                 max_pixels=_int(env, ENV_MAX_IMAGE_PIXELS, d.image_limits.max_pixels),
                 min_side=_int(env, ENV_MIN_IMAGE_SIDE, d.image_limits.min_side),
+                max_decoded_bytes=_int(
+                    env, ENV_MAX_DECODED_BYTES, d.image_limits.max_decoded_bytes
+                ),
+                max_jpeg_scans=_int(env, ENV_MAX_JPEG_SCANS, d.image_limits.max_jpeg_scans),
+                max_image_chunks=_int(env, ENV_MAX_IMAGE_CHUNKS, d.image_limits.max_image_chunks),
+                max_batch_decoded_bytes=_int(
+                    env, ENV_MAX_BATCH_DECODED_BYTES, d.image_limits.max_batch_decoded_bytes
+                ),
             ),
             max_batch=_int(env, ENV_MAX_BATCH, d.max_batch),
             default_top_k=_int(env, ENV_DEFAULT_TOP_K, d.default_top_k),
@@ -110,6 +158,10 @@ class ServeSettings:
             url_max_bytes=_int(env, ENV_URL_MAX_BYTES, d.url_max_bytes),
             url_max_redirects=_int(env, ENV_URL_MAX_REDIRECTS, d.url_max_redirects),
             allow_private_urls=_bool(env, ENV_ALLOW_PRIVATE_URLS, d.allow_private_urls),
+            data_bucket=env.get(ENV_DATA_BUCKET, "").strip() or d.data_bucket,
+            upload_max_bytes=_int(env, ENV_UPLOAD_MAX_BYTES, d.upload_max_bytes),
+            upload_expires_seconds=_int(env, ENV_UPLOAD_EXPIRES_SECONDS, d.upload_expires_seconds),
+            admin_scope=env.get(ENV_ADMIN_SCOPE, "").strip() or d.admin_scope,
             service_name=env.get(ENV_POWERTOOLS_SERVICE_NAME, "").strip() or d.service_name,
             metrics_namespace=env.get(ENV_POWERTOOLS_METRICS_NAMESPACE, "").strip()
             or d.metrics_namespace,
@@ -144,7 +196,6 @@ class RetrainSettings:
     # The defaults are the local stack's bucket names.
     data_bucket: str = DATA_BUCKET
     model_registry_uri: str = REGISTRY_URI
-    model_name: str = "scene"
     backend: str = "local"
     min_new_images: int = 50
     allow_new_classes: bool = False
@@ -153,7 +204,8 @@ class RetrainSettings:
     # The job renews its lock every third of this; a crashed job blocks others this long at most.
     lock_ttl_seconds: float = 900.0
     train_args: tuple[str, ...] = ()
-    quantization: str = "float16"
+    # int8 when the parity gate holds, float16 otherwise (imgclf.pipeline.conversion).
+    quantization: str = "auto"
     # An upload (image or .zip) larger than this is rejected unread.
     max_upload_bytes: int = 200_000_000
     image_limits: ImageLimits = ImageLimits()
@@ -176,7 +228,6 @@ class RetrainSettings:
         return cls(
             data_bucket=env.get(ENV_DATA_BUCKET, "").strip() or d.data_bucket,
             model_registry_uri=env.get(ENV_MODEL_REGISTRY_URI, "").strip() or d.model_registry_uri,
-            model_name=env.get(ENV_MODEL_NAME, "").strip() or d.model_name,
             backend=backend,
             min_new_images=_int(env, ENV_RETRAIN_MIN_NEW_IMAGES, d.min_new_images),
             allow_new_classes=_bool(env, ENV_RETRAIN_ALLOW_NEW_CLASSES, d.allow_new_classes),
@@ -188,6 +239,11 @@ class RetrainSettings:
             image_limits=ImageLimits(
                 max_pixels=_int(env, ENV_MAX_IMAGE_PIXELS, d.image_limits.max_pixels),
                 min_side=_int(env, ENV_MIN_IMAGE_SIDE, d.image_limits.min_side),
+                max_decoded_bytes=_int(
+                    env, ENV_MAX_DECODED_BYTES, d.image_limits.max_decoded_bytes
+                ),
+                max_jpeg_scans=_int(env, ENV_MAX_JPEG_SCANS, d.image_limits.max_jpeg_scans),
+                max_image_chunks=_int(env, ENV_MAX_IMAGE_CHUNKS, d.image_limits.max_image_chunks),
             ),
             sagemaker_role_arn=env.get(ENV_SAGEMAKER_ROLE_ARN, "").strip(),
             sagemaker_image_uri=env.get(ENV_SAGEMAKER_IMAGE_URI, "").strip(),

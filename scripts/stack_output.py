@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from imgclf.cloudformation import stack_outputs  # noqa: E402
+from imgclf.cloudformation import StackNotReadable, stack_outputs  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("stack", help="the stack's name")
     parser.add_argument("keys", nargs="+", help="output keys, e.g. ApiUrl DataBucketName")
     args = parser.parse_args(argv)
-    outputs = stack_outputs(args.stack)
+    try:
+        outputs = stack_outputs(args.stack)
+    except StackNotReadable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     missing = [k for k in args.keys if k not in outputs]
     if missing:
         print(f"stack {args.stack} has no output {', '.join(missing)}", file=sys.stderr)

@@ -24,7 +24,7 @@ from urllib.parse import unquote_plus
 
 import boto3
 
-from imgclf.local.context import Handler, LambdaContext, import_handler
+from imgclf.local.context import Handler, LambdaContext, die_with_parent, import_handler
 
 RETRY_DELAY_SECONDS = 5
 POLL_SECONDS = 1
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     bridge = Bridge(args.queue_url, args.handler, args.function_name, args.timeout)
     signal.signal(signal.SIGTERM, bridge.stop)
     signal.signal(signal.SIGINT, bridge.stop)
+    die_with_parent()
     log.info("ready: polling %s", args.queue_url)
     bridge.run()
     return 0

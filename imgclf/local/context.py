@@ -6,6 +6,9 @@ It carries the attributes the Lambda Python runtime provides and Powertools read
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +20,25 @@ ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
 
 Handler = Callable[[dict[str, Any], Any], Any]
+# How often a child of the local stack checks that the stack is still there.
+PARENT_CHECK_SECONDS = 0.5
+
+
+def die_with_parent() -> None:
+    """Ends this process's whole group (its gunicorn workers, its retrain jobs) if its parent dies.
+
+    The stack starts each child as the leader of a group of its own and stops them in order; a
+    SIGKILL of the stack itself gives no chance to do that, so each child watches for it: its
+    parent id changes when the parent is gone.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 @dataclass

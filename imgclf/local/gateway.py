@@ -6,7 +6,13 @@ at a time, while the listen socket queues the rest. A request that runs past the
 gets API Gateway's answer to a failed function, and the worker is then replaced, as Lambda replaces
 an environment after a timeout.
 
+Authorization as ``template.yaml`` configures it (``imgclf.local.auth`` checks the tokens): the
+admin routes (``imgclf.serving.auth.ADMIN_ROUTES``) always need a JWT with the admin scope, signed
+by a key of the ``--jwks`` file (without one, they answer 401 to everyone); ``--auth jwt`` puts
+every other route but the console's public files behind a valid JWT too (``AuthType=JWT``).
+
 Usage: python -m imgclf.local.gateway --bind 127.0.0.1:3000 --workers 2 [--timeout 30]
+       [--jwks FILE --jwt-issuer URL --jwt-audience AUD [--admin-scope S] [--auth none|jwt]]
 """
 
 from __future__ import annotations
@@ -21,14 +27,19 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 from gunicorn.app.base import BaseApplication
 
-from imgclf.local.context import ACCOUNT_ID, LambdaContext, import_handler
+from imgclf.local.auth import Denied, JwtAuthorizer
+from imgclf.local.context import ACCOUNT_ID, LambdaContext, die_with_parent, import_handler
+from imgclf.serving.auth import ADMIN_ROUTES, PUBLIC_ROUTES, match_route_key
+from imgclf.settings import ServeSettings
 
 # API Gateway HTTP API's payload quota, and Lambda's limit on a synchronous invocation's event.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
@@ -179,15 +190,48 @@ def _raise_timeout(signum: int, frame: Any) -> None:
     raise FunctionTimeout()
 
 
+@dataclass(frozen=True)
+class AuthConfig:
+    """What the template's authorizers say, for the local gateway.
+
+    Attributes:
+        jwks: the JWKS file of the keys tokens are signed with (None: no token is valid).
+        issuer: the tokens' ``iss``.
+        audiences: accepted ``aud`` values.
+        admin_scope: the scope the admin routes require.
+        reads_need_jwt: ``AuthType=JWT``: every non-public route needs a valid token.
+    """
+
+    jwks: Path | None = None
+    issuer: str = ""
+    audiences: tuple[str, ...] = ()
+    admin_scope: str = ServeSettings().admin_scope
+    reads_need_jwt: bool = False
+
+    def authorizer(self) -> JwtAuthorizer | None:
+        """The token checker (reads the JWKS file), or None without one."""
+        if self.jwks is None:
+            return None
+        return JwtAuthorizer.from_jwks_file(self.jwks, self.issuer, self.audiences)
+
+
 class Gateway:
     """The WSGI application of one worker: one execution environment of the function."""
 
-    def __init__(self, handler_path: str, function_name: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        handler_path: str,
+        function_name: str,
+        timeout_seconds: float,
+        auth: AuthConfig | None = None,
+    ) -> None:
         started = time.perf_counter()
         self.handler = import_handler(handler_path)
         self.init_ms: float | None = (time.perf_counter() - started) * 1000
         self.function_name = function_name
         self.timeout_seconds = timeout_seconds
+        self.auth = auth or AuthConfig()
+        self.authorizer = self.auth.authorizer()
         log.info("INIT %s in worker %d: %.1f ms", handler_path, os.getpid(), self.init_ms)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -226,6 +270,19 @@ class Gateway:
         if len(body) > MAX_REQUEST_BYTES:
             return _message(413, "Request Entity Too Large")
         event = build_event(environ, body, request_id)
+        try:
+            authorizer = self._authorize(event)
+        except Denied as exc:
+            log.info(
+                "authorizer: %d for %s %s: %s",
+                exc.status,
+                environ["REQUEST_METHOD"],
+                event["rawPath"],
+                exc,
+            )
+            return _message(exc.status, exc.message)
+        if authorizer is not None:
+            event["requestContext"]["authorizer"] = authorizer
         if len(json.dumps(event)) > MAX_EVENT_BYTES:
             return _message(413, "Request Entity Too Large")
         context = LambdaContext(self.function_name, self.timeout_seconds)
@@ -247,6 +304,28 @@ class Gateway:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
 
+    def _route_auth(self, method: str, path: str) -> tuple[str, ...] | None:
+        """The scopes a route's authorizer requires (``()``: any valid token), or None when the
+        route has no authorizer."""
+        if match_route_key(ADMIN_ROUTES, method, path):
+            return (self.auth.admin_scope,)
+        if self.auth.reads_need_jwt and not match_route_key(PUBLIC_ROUTES, method, path):
+            return ()
+        return None
+
+    def _authorize(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """``requestContext.authorizer`` for a route with an authorizer, None for one without.
+
+        Raises:
+            Denied: the token is missing, invalid or lacks the route's scopes.
+        """
+        scopes = self._route_auth(event["requestContext"]["http"]["method"], event["rawPath"])
+        if scopes is None:
+            return None
+        if self.authorizer is None:
+            raise Denied(401, "Unauthorized", "no JWKS configured: no token can be valid")
+        return self.authorizer.authorize(event["headers"], scopes)
+
 
 def _retire_after_timeout(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
     # gunicorn's post_request hook: a timed-out environment is not reused; the arbiter starts a
@@ -259,7 +338,13 @@ class GatewayServer(BaseApplication):
     """gunicorn with sync workers, each running its own ``Gateway`` (no preloading)."""
 
     def __init__(
-        self, bind: str, workers: int, handler_path: str, function_name: str, timeout: float
+        self,
+        bind: str,
+        workers: int,
+        handler_path: str,
+        function_name: str,
+        timeout: float,
+        auth: AuthConfig | None = None,
     ) -> None:
         self.options = {
             "bind": bind,
@@ -279,6 +364,7 @@ class GatewayServer(BaseApplication):
         self.handler_path = handler_path
         self.function_name = function_name
         self.timeout = timeout
+        self.auth = auth
         super().__init__()
 
     def load_config(self) -> None:
@@ -288,7 +374,7 @@ class GatewayServer(BaseApplication):
 
     def load(self) -> Gateway:
         """Runs in each worker (no preload): imports the handler, the worker's cold start."""
-        return Gateway(self.handler_path, self.function_name, self.timeout)
+        return Gateway(self.handler_path, self.function_name, self.timeout, self.auth)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,8 +394,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handler", default="lambda_func.lambda_handler", help="module.function")
     parser.add_argument("--function-name", default="PredictFunction", help="name in the context")
     parser.add_argument("--timeout", type=float, default=30.0, help="function timeout, seconds")
+    parser.add_argument("--jwks", type=Path, help="JWKS file of the keys tokens are signed with")
+    parser.add_argument("--jwt-issuer", default="", help="the tokens' issuer (iss)")
+    parser.add_argument("--jwt-audience", default="", help="accepted audiences, comma-separated")
+    parser.add_argument("--admin-scope", default=AuthConfig.admin_scope, help="admin routes' scope")
+    parser.add_argument(
+        "--auth", choices=("none", "jwt"), default="none", help="the reading routes' AuthType"
+    )
     args = parser.parse_args(argv)
-    GatewayServer(args.bind, args.workers, args.handler, args.function_name, args.timeout).run()
+    auth = AuthConfig(
+        jwks=args.jwks,
+        issuer=args.jwt_issuer,
+        audiences=tuple(a for a in args.jwt_audience.split(",") if a),
+        admin_scope=args.admin_scope,
+        reads_need_jwt=args.auth == "jwt",
+    )
+    die_with_parent()  # in the master: its workers are in its process group
+    server = GatewayServer(
+        args.bind, args.workers, args.handler, args.function_name, args.timeout, auth
+    )
+    server.run()
     return 0
 
 

@@ -7,7 +7,9 @@ One process tree, stopped cleanly by Ctrl-C (SIGINT), SIGTERM or SIGHUP:
   ``train/`` and ``test/`` seeded from the sample dataset, the S3 notification ``incoming/`` ->
   queue, and a static server for the sample images (URL inputs with no internet);
 - ``imgclf.local.gateway``: gunicorn on 127.0.0.1:3000, one sync worker per Lambda execution
-  environment, HTTP <-> payload-2.0 events for ``lambda_func.lambda_handler``;
+  environment, HTTP <-> payload-2.0 events for ``lambda_func.lambda_handler``, with API Gateway's
+  JWT authorizer emulated: a signing key made at start (its JWKS in a temporary folder, removed at
+  stop) and an admin token printed in the banner (``imgclf.local.auth``);
 - ``imgclf.local.bridge``: receives the S3 events and invokes ``retrain_handler.lambda_handler``.
 
 Every process reads its AWS settings from the standard variables (AWS_ENDPOINT_URL, region, dummy
@@ -24,10 +26,12 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,12 +44,14 @@ from moto.server import ThreadedMotoServer
 
 from imgclf import layout
 from imgclf.layout import DATA_BUCKET, INCOMING, MODEL_BUCKET, REGISTRY_URI
+from imgclf.local.auth import AUDIENCE, ISSUER, TOKEN_SECONDS, SigningKey
 from imgclf.local.context import REGION
 from imgclf.local.gateway import SHUTDOWN_GRACE_SECONDS
 from imgclf.local.static import StaticServer
-from imgclf.registry import open_registry
+from imgclf.registry import publish_bundled
 from imgclf.retrain.ingest import seed_data
-from imgclf.settings import PROJECT_ROOT
+from imgclf.settings import PROJECT_ROOT, RetrainSettings, ServeSettings
+from imgclf.storage import open_store
 
 QUEUE_NAME = "imgclf-retrain-events"
 # template.yaml's RetrainFailureQueue: events the retrain function failed on, kept.
@@ -77,10 +83,16 @@ class StackConfig:
     # template.yaml's PredictTimeout and RetrainFunction's Timeout.
     timeout: float = 29.0
     retrain_timeout: float = 900.0
-    model_name: str = "scene"
+    # The model POST /predict answers with; every folder of model_dir is published and served.
+    model_name: str = ServeSettings().model_name
     model_dir: Path = PROJECT_ROOT / "model"
+    # The model whose training data data_dir holds (seeded into train/<model>/, test/<model>/).
+    data_model: str = "scene"
     # The sample dataset (Intel layout): seeds the data bucket and serves URL inputs.
     data_dir: Path = PROJECT_ROOT / "data" / "sample"
+    # The reading routes' AuthType: none (open) or jwt (any valid token); writes always need an
+    # admin token.
+    auth: str = "none"
 
     @property
     def endpoint(self) -> str:
@@ -158,33 +170,21 @@ def create_resources() -> str:
     return queue_url
 
 
-def seed_registry(config: StackConfig) -> str:
-    """Publishes the bundled model and points the ``live`` alias at it.
-
-    Args:
-        config: the stack's configuration (model name and bundled model directory).
-
-    Returns:
-        The published version (``0001`` in a fresh stack).
-    """
-    registry = open_registry(REGISTRY_URI, config.model_name)
-    version = registry.publish(config.model_dir)
-    registry.promote(version, reason="local stack: the bundled model")
-    return version
-
-
 def _since(started: float) -> str:
     return f"{time.perf_counter() - started:.1f} s"
 
 
-def _check_free(host: str, port: int, option: str) -> None:
+def _check_free(host: str, port: int, option: str, make_variable: str) -> None:
     # moto's server thread would hang on a taken port and gunicorn would retry for seconds.
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            message = f"{host}:{port} is taken ({exc.strerror}): free it or pass {option}"
+            message = (
+                f"{host}:{port} is taken ({exc.strerror}): free it, or choose another port "
+                f"(make run {make_variable}=... or python -m imgclf.local {option} ...)"
+            )
             raise StackError(message) from exc
 
 
@@ -224,15 +224,18 @@ class LocalStack:
         self.moto: ThreadedMotoServer | None = None
         self.static: StaticServer | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.model_version = ""
+        self.model_versions: dict[str, str] = {}
         self.seeded: dict[str, int] = {}
+        self.state_dir: Path | None = None
+        self.admin_token = ""
+        self.admin_scope = ServeSettings.from_env().admin_scope
 
     def start(self) -> None:
         """Starts everything and returns when the gateway answers ``GET /health``."""
         config = self.config
-        _check_free(config.host, config.s3_port, "--s3-port")
-        _check_free(config.host, config.port, "--port")
-        _check_free(config.host, config.static_port, "--static-port")
+        _check_free(config.host, config.s3_port, "--s3-port", "S3_PORT")
+        _check_free(config.host, config.port, "--port", "PORT")
+        _check_free(config.host, config.static_port, "--static-port", "STATIC_PORT")
         self.moto = ThreadedMotoServer(ip_address=config.host, port=config.s3_port, verbose=False)
         self.moto.start()
         # Set in this process too: the registry code below and both children use boto3 defaults.
@@ -241,22 +244,38 @@ class LocalStack:
         os.environ.update(function_environment(config))
         started = time.perf_counter()
         queue_url = create_resources()
-        self.model_version = seed_registry(config)
-        log.info(
-            "registry: %s v%s live (%s)", config.model_name, self.model_version, _since(started)
-        )
+        self.model_versions = {
+            name: version or "?"
+            for name, version in publish_bundled(
+                open_store(REGISTRY_URI), config.model_dir, "local stack: the bundled model"
+            ).items()
+        }
+        log.info("registry: %s live (%s)", self.model_versions, _since(started))
+        # The identity provider's part: a key, its JWKS for the gateway, one admin token.
+        self.state_dir = Path(tempfile.mkdtemp(prefix="imgclf-local-"))
+        key = SigningKey.generate()
+        jwks = key.write_jwks(self.state_dir / "jwks.json")
+        self.admin_token = key.token(scopes=[self.admin_scope])
+        token_file = self.state_dir / "admin-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(self.admin_token)
         # The workers' cold starts overlap with seeding the data bucket.
         self.processes["gateway"] = self._spawn(
             "imgclf.local.gateway",
             f"--bind={config.host}:{config.port}",
             f"--workers={config.workers}",
             f"--timeout={config.timeout}",
+            f"--jwks={jwks}",
+            f"--jwt-issuer={ISSUER}",
+            f"--jwt-audience={AUDIENCE}",
+            f"--admin-scope={self.admin_scope}",
+            f"--auth={config.auth}",
         )
         self.processes["bridge"] = self._spawn(
             "imgclf.local.bridge", f"--queue-url={queue_url}", f"--timeout={config.retrain_timeout}"
         )
         started = time.perf_counter()
-        self.seeded = seed_data(layout.data_store(DATA_BUCKET), config.data_dir)
+        self.seeded = seed_data(layout.data_store(DATA_BUCKET), config.data_dir, config.data_model)
         log.info("data bucket: %s from %s (%s)", self.seeded, config.data_dir, _since(started))
         self.static = StaticServer(config.data_dir, config.host, config.static_port)
         self.static.start()
@@ -292,6 +311,8 @@ class LocalStack:
             self.static.stop()
         if self.moto is not None:
             self.moto.stop()
+        if self.state_dir is not None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def banner(self) -> str:
         """The endpoint, the buckets and copy-paste examples."""
@@ -303,27 +324,43 @@ class LocalStack:
         python = Path(sys.executable)
         if python.is_relative_to(PROJECT_ROOT):
             python = python.relative_to(PROJECT_ROOT)
-        key = f"{INCOMING}forest/my-photo.jpg"
+        # The upload example files a real forest picture under forest/, not any picture.
+        forests = sorted((c.data_dir / "seg_test" / "forest").glob("*.jpg"))
+        example = forests[0] if forests else image
+        example = (
+            example.relative_to(PROJECT_ROOT) if example.is_relative_to(PROJECT_ROOT) else example
+        )
+        key = f"{INCOMING}{c.data_model}/forest/my-photo.jpg"
         seeded = f"{self.seeded.get('train', 0)} train + {self.seeded.get('test', 0)} test images"
-        upload = f"boto3.client('s3').upload_file('{shown}', '{DATA_BUCKET}', '{key}')"
+        min_new = RetrainSettings.from_env().min_new_images
+        models = ", ".join(f"{name} v{v} live" for name, v in self.model_versions.items())
+        upload = f"boto3.client('s3').upload_file('{example}', '{DATA_BUCKET}', '{key}')"
+        reads = "open" if c.auth == "none" else "need a token"
+        token_file = self.state_dir / "admin-token" if self.state_dir else Path("admin-token")
         return f"""
 Local stack ready (state is in memory; Ctrl-C stops everything)
+  Web console    {c.api_url}/   (reads {reads}; paste the admin token below to upload and promote)
   API            {c.api_url}   ({c.workers} execution environments, timeout {c.timeout:.0f} s)
   AWS endpoint   {c.endpoint}   (S3 + SQS, region {REGION}, credentials testing/testing)
-  data bucket    {DATA_BUCKET}   {seeded}; uploads to {INCOMING}<class>/ retrain
-  model bucket   {MODEL_BUCKET}   registry {REGISTRY_URI}, {c.model_name} v{self.model_version} live
+  data bucket    {DATA_BUCKET}   {c.data_model}: {seeded}; uploads to {INCOMING}<model>/<class>/
+  model bucket   {MODEL_BUCKET}   registry {REGISTRY_URI}: {models}; default {c.model_name}
   static images  {image_url.rsplit("/", 2)[0]}/   (serves {c.data_dir})
 
-Predict:
-  curl {c.api_url}/health
-  curl -F file=@{shown} {c.api_url}/predict
+Predict (the default model {c.model_name}; any model at /models/<name>/predict):
+  curl -F file=@docs/examples/cat.jpg {c.api_url}/predict
+  curl -F file=@{shown} {c.api_url}/models/{c.data_model}/predict
   curl -H 'content-type: application/json' -d '{{"url": "{image_url}"}}' {c.api_url}/predict
+  curl {c.api_url}/models
   {python} test.py --url {c.api_url} --file {shown}
-Upload a labelled image (retrains once enough new images have arrived):
+Upload a labelled image (a job starts once {min_new} new images of a model are pending;
+`make jobs` shows how many are, and when the next job starts):
   export AWS_ENDPOINT_URL={c.endpoint} AWS_DEFAULT_REGION={REGION}
   export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
-  aws s3 cp {shown} s3://{DATA_BUCKET}/{key}
+  aws s3 cp {example} s3://{DATA_BUCKET}/{key}
   {python} -c "import boto3; {upload}"
+Admin token (scope {self.admin_scope}, valid {TOKEN_SECONDS // 3600} h; also in {token_file}):
+  {self.admin_token}
+  paste it into the console, or send it: -H "authorization: Bearer $(cat {token_file})"
 """
 
 
@@ -352,12 +389,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=d.timeout, help="predict timeout, s")
     parser.add_argument("--retrain-timeout", type=float, default=d.retrain_timeout)
     parser.add_argument("--model-name", default=d.model_name)
-    parser.add_argument("--model-dir", type=Path, default=d.model_dir, help="model to seed")
+    parser.add_argument(
+        "--model-dir", type=Path, default=d.model_dir, help="bundled models: one folder each"
+    )
+    parser.add_argument(
+        "--data-model", default=d.data_model, help="the model whose data --data-dir holds"
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
         default=d.data_dir,
         help="sample dataset: seeds train/ and test/, served for URL inputs",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("none", "jwt"),
+        default=d.auth,
+        help="reading routes: open, or a valid JWT (writes always need the admin token)",
     )
     args = parser.parse_args(argv)
     config = StackConfig(**vars(args))

@@ -1,8 +1,8 @@
 """Folder-per-class image datasets (the Intel Image Classification layout and any other).
 
-Every file goes through ``imgclf.preprocess.load_image``, the function serving uses, so training
-sees exactly the pixels the deployed model will see. Files that do not decode are skipped and
-reported.
+Every file goes through ``imgclf.preprocess.load_image``, the function serving uses, with the
+model's framing, so training sees exactly the pixels the deployed model will see. Files that do
+not decode are skipped and reported.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.errors import InvalidImage
-from imgclf.preprocess import IMAGE_SUFFIXES, load_image
+from imgclf.preprocess import IMAGE_SUFFIXES, SQUASH, Framing, load_image
 
 # Split folder names we recognise, in order of preference: Intel's names first.
 TRAIN_NAMES = ("seg_train", "train")
@@ -82,7 +82,11 @@ def class_names(split_dir: Path) -> list[str]:
 
 
 def load_split(
-    split_dir: Path, height: int, width: int, classes: list[str] | None = None
+    split_dir: Path,
+    height: int,
+    width: int,
+    classes: list[str] | None = None,
+    framing: Framing = SQUASH,
 ) -> Dataset:
     """Decodes every image of a folder-per-class split.
 
@@ -93,6 +97,7 @@ def load_split(
         classes: the class list to use (for a test split, the training classes), where a class
             may have no images; default: the split's own folders, each of which must have one.
             A folder outside this list is an error.
+        framing: how images become the model's square input (the model's, as serving frames).
 
     Returns:
         The decoded dataset, with the files that did not decode in ``skipped``.
@@ -125,7 +130,7 @@ def load_split(
                 skipped.append((path, f"not an image file suffix ({path.suffix or 'none'})"))
                 continue
             try:
-                images.append(load_image(path.read_bytes(), height, width))
+                images.append(load_image(path.read_bytes(), height, width, framing=framing))
             except InvalidImage as exc:
                 skipped.append((path, exc.message))
                 continue
@@ -137,8 +142,28 @@ def load_split(
     return Dataset(x, np.asarray(labels, dtype=np.int64), list(classes), files, skipped)
 
 
-def stratified_split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+def source_name(path: Path) -> str:
+    """The source a file was cut from, by name: ``chelsea-0007.jpg`` -> ``chelsea``.
+
+    Datasets of crops (``imgclf.pipeline.photo_data``) name each file ``<source>-<n>``; crops of
+    one photo look alike, so a validation split that is to mean anything must keep them together.
+    A name without ``-`` is a source of its own.
+    """
+    return path.stem.rsplit("-", 1)[0]
+
+
+def stratified_split(
+    data: Dataset, fraction: float, seed: int, by_source: bool = False
+) -> tuple[Dataset, Dataset]:
     """Splits off ``fraction`` of each class (at least one image) as a validation set.
+
+    Args:
+        data: the split to divide.
+        fraction: the share of each class to hold out.
+        seed: the seed of the draw.
+        by_source: hold out whole sources (``source_name``) rather than images: ``fraction`` of
+            each class's sources, at least one when it has two or more. A validation image then
+            comes from a photo the training images do not, as a test image does.
 
     Returns:
         ``(train, validation)``.
@@ -147,6 +172,13 @@ def stratified_split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset
     val_index: list[int] = []
     for label in range(len(data.classes)):
         members = np.flatnonzero(data.y == label)
+        if by_source:
+            sources = np.array([source_name(data.files[i]) for i in members])
+            names = np.unique(sources)
+            rng.shuffle(names)
+            take = max(1, round(len(names) * fraction)) if len(names) > 1 else 0
+            val_index.extend(members[np.isin(sources, names[:take])].tolist())
+            continue
         rng.shuffle(members)
         take = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
         val_index.extend(members[:take].tolist())

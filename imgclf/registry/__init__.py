@@ -108,9 +108,11 @@ class Registry:
         return json.loads(obj.data), obj.etag
 
     def read_version(
-        self, version: str, names: Sequence[str] = artifact.SERVING_FILES
+        self,
+        version: str,
+        names: Sequence[str] = artifact.SERVING_FILES + artifact.OPTIONAL_FILES,
     ) -> dict[str, bytes]:
-        """Downloads files of a published version.
+        """Downloads files of a published version (an optional file only where it has one).
 
         Args:
             version: e.g. ``"0007"`` (or ``"7"``).
@@ -131,8 +133,10 @@ class Registry:
             except ObjectNotFound as exc:
                 if name == manifest:
                     raise VersionNotFound(f"{self.uri} has no version {version}") from exc
+                if name in artifact.OPTIONAL_FILES:
+                    continue  # e.g. ood.npz: versions published before it existed have none
                 raise InvalidModel(f"version {version} has no {name}") from exc
-        return {n: files[n] for n in names}
+        return {n: files[n] for n in names if n in files}
 
     def describe(self, version: str) -> dict[str, Any]:
         """Returns a version's manifest and metrics, and whether it is live."""
@@ -153,7 +157,9 @@ class Registry:
         """Validates a model directory and publishes it as the next version (not made live).
 
         Args:
-            model_dir: holds every file in ``artifact.MODEL_FILES``.
+            model_dir: holds ``artifact.SERVING_FILES`` and, for a model that can be retrained
+                (warm-started), ``model.keras``; a pretrained model that is rebuilt from its
+                package rather than retrained may go without it.
             images_dir: known images the model must predict on (see ``artifact.verify_dir``).
 
         Returns:
@@ -162,8 +168,8 @@ class Registry:
         Raises:
             InvalidModel: a file is missing or the model fails its checks.
         """
-        files = artifact.read_dir(model_dir, artifact.MODEL_FILES)
-        missing = [n for n in artifact.MODEL_FILES if n not in files]
+        files = artifact.read_dir(model_dir, artifact.MODEL_FILES + artifact.OPTIONAL_FILES)
+        missing = [n for n in artifact.SERVING_FILES if n not in files]
         if missing:
             raise InvalidModel(f"{model_dir} lacks {', '.join(missing)}")
         artifact.verify_files(files)
@@ -184,7 +190,8 @@ class Registry:
             except PreconditionFailed:
                 number += 1
         # manifest.json last: its presence is what makes the version exist.
-        for name in artifact.MODEL_FILES[1:]:
+        rest = [n for n in files if n not in (artifact.MODEL, artifact.MANIFEST)]
+        for name in [*rest, artifact.MANIFEST]:
             self.store.put(self._version_key(version, name), files[name], if_none_match=True)
         return version
 
@@ -257,6 +264,36 @@ class Registry:
                 f"{layout.LIVE_ALIAS} was moved by someone else; not changed"
             ) from exc
         return pointer
+
+
+def list_models(store: Store) -> list[str]:
+    """The model names a registry holds (its top-level folders that are valid names)."""
+    return [name for name in store.list_folders("") if layout.NAME.fullmatch(name)]
+
+
+def publish_bundled(store: Store, root: Path, reason: str) -> dict[str, str | None]:
+    """Publishes each bundled model folder (``root/<name>/``) whose name has nothing live yet,
+    and makes it live; a model already live is left alone (retraining publishes its next ones).
+
+    Args:
+        store: the registry's store.
+        root: the bundled models, one folder each (``model/``).
+        reason: recorded in each alias it sets.
+
+    Returns:
+        model name -> the version published, or None where one was live already.
+    """
+    published: dict[str, str | None] = {}
+    for manifest in sorted(root.glob(f"*/{artifact.MANIFEST}")):
+        registry = Registry(store, manifest.parent.name)
+        try:
+            registry.read_live()
+            published[registry.name] = None
+        except AliasNotFound:
+            version = registry.publish(manifest.parent)
+            registry.promote(version, reason=reason)
+            published[registry.name] = version
+    return published
 
 
 def open_registry(uri: str, name: str) -> Registry:

@@ -1,7 +1,9 @@
 """The registry's command line: ``python -m imgclf.registry [--uri U] [--name N] COMMAND``.
 
 Commands: ``list`` (versions with their metrics; marks live and previous), ``show VERSION``,
-``publish DIR [--images DIR] [--promote]``, ``promote VERSION``, ``rollback``.
+``publish DIR [--images DIR] [--promote]``, ``promote VERSION``, ``rollback``, ``models`` (every
+model with its live version) and ``publish-bundled ROOT`` (each ``ROOT/<name>/`` with nothing live
+yet is published and made live).
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from typing import Any
 
 from imgclf import artifact
 from imgclf.artifact import InvalidModel, Manifest
-from imgclf.registry import AliasNotFound, Registry, RegistryError, open_registry
+from imgclf.registry import (
+    AliasNotFound,
+    Registry,
+    RegistryError,
+    list_models,
+    open_registry,
+    publish_bundled,
+)
 from imgclf.settings import ServeSettings
 
 HEADER = (
@@ -61,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     promote = commands.add_parser("promote", help="make a published version live")
     promote.add_argument("version")
     commands.add_parser("rollback", help="make the previous live version live again")
+    commands.add_parser("models", help="every model in the registry and its live version")
+    bundled = commands.add_parser(
+        "publish-bundled", help="publish and make live each ROOT/<name>/ with nothing live yet"
+    )
+    bundled.add_argument("root", type=Path)
     args = parser.parse_args(argv)
     if not args.uri:
         parser.error("set --uri or MODEL_REGISTRY_URI")
@@ -85,6 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(registry.promote(args.version, reason="cli promote")))
         elif args.command == "rollback":
             print(json.dumps(registry.rollback(reason="cli rollback")))
+        elif args.command == "models":
+            for name in list_models(registry.store):
+                try:
+                    live = Registry(registry.store, name).read_live()[0]["version"]
+                except AliasNotFound:
+                    live = "-"
+                print(f"{name:<24}  live {live}")
+        elif args.command == "publish-bundled":
+            reason = "publish-bundled: the bundled model"
+            for name, version in publish_bundled(registry.store, args.root, reason).items():
+                done = f"version {version} published and live" if version else "live already"
+                print(f"{args.uri}/{name}: {done}")
     except (RegistryError, InvalidModel) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,11 @@
 """Ingestion of uploads into the training data: validated, content-addressed, never lost.
 
-Uploads arrive under ``incoming/`` (an image in a class folder, a zip of class folders, or a
-retraining request under ``incoming/_retrain/``) and end as ``train/<class>/<sha256>.<ext>`` with a
-``jobs/pending/`` marker, or as a ``rejected/<id>.json`` record saying why (``imgclf.layout``).
+Uploads arrive under ``incoming/<model>/`` (an image in a class folder, or a zip of class folders)
+or as a retraining request ``incoming/_retrain/<model>[.json]``, and end as
+``train/<model>/<class>/<sha256>.<ext>`` or ``test/<model>/...`` with a ``jobs/pending/`` marker,
+or as a ``rejected/<id>.json`` record saying why (``imgclf.layout``). The first upload for a new
+model name starts that model. An image's split is decided by its content hash (``split_of``): the
+same image always lands in the same split, so it can never feed both training and evaluation.
 
 Each image is decoded with ``imgclf.preprocess.load_image``, the function training and serving use.
 An upload is deleted from ``incoming/`` only after it is stored or its rejection is recorded, and
@@ -15,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import json
-import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,14 +28,13 @@ from urllib.parse import unquote_plus
 
 from PIL import Image
 
+from imgclf import layout
 from imgclf.errors import InvalidImage
 from imgclf.layout import INCOMING, PENDING, REJECTED, TEST, TRAIN, TRIGGER_PREFIX
 from imgclf.preprocess import IMAGE_SUFFIXES, load_image
 from imgclf.settings import RetrainSettings
 from imgclf.storage import ObjectNotFound, PreconditionFailed, Store
 
-# Lowercase, digits, "-" and "_": safe as an S3 key part, a folder name and a label.
-CLASS_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 SUFFIX_OF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 # Decoding at a small size is enough to prove the file decodes; training decodes it again.
 VALIDATION_SIZE = 32
@@ -41,6 +42,8 @@ MAX_IMAGE_BYTES = 50_000_000
 MAX_ZIP_ENTRIES = 20_000
 MAX_TRIGGER_BYTES = 10_000
 TRAIN_MODES = ("warm", "full")
+# One image in TEST_SHARE goes to the held-out split (by its hash), the rest to training.
+TEST_SHARE = 5
 
 
 class Rejected(Exception):
@@ -57,6 +60,7 @@ class IngestResult:
     """What one incoming key turned into."""
 
     key: str
+    model: str | None = None
     stored: list[str] = field(default_factory=list)
     duplicates: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
@@ -67,6 +71,7 @@ class IngestResult:
         """Returns a JSON-ready summary (for logs and the handler's answer)."""
         return {
             "key": self.key,
+            "model": self.model,
             "stored": len(self.stored),
             "duplicates": self.duplicates,
             "rejected": [r["reason"] for r in self.rejected],
@@ -116,18 +121,31 @@ def uploads_from_event(event: dict[str, Any], bucket: str) -> tuple[list[Upload]
     return list(uploads.values()), ignored
 
 
-def known_classes(store: Store) -> set[str]:
-    """Returns the classes the data already has (folders of the train and test splits)."""
-    return set(store.list_folders(TRAIN)) | set(store.list_folders(TEST))
+def known_classes(store: Store, model: str) -> set[str]:
+    """Returns the classes a model's data already has (folders of its train and test splits)."""
+    return set(store.list_folders(layout.model_prefix(TRAIN, model))) | set(
+        store.list_folders(layout.model_prefix(TEST, model))
+    )
+
+
+def split_of(data: bytes) -> str:
+    """The split an image belongs to, by its content: ``test/`` for one in ``TEST_SHARE``."""
+    return TEST if int(hashlib.sha256(data).hexdigest()[:8], 16) % TEST_SHARE == 0 else TRAIN
+
+
+def check_name(kind: str, name: str) -> None:
+    """Raises ``Rejected`` unless ``name`` is a valid model or class name (``layout.NAME``)."""
+    if not layout.NAME.fullmatch(name):
+        raise Rejected(
+            f"invalid_{kind}",
+            f"{kind} name {name!r} must be lowercase letters, digits, '-' or '_' (at most 63, "
+            "not starting with '_' or '-')",
+        )
 
 
 def check_class(name: str, known: set[str], allow_new: bool) -> None:
     """Raises ``Rejected`` for an invalid class name, or a new one when new classes are refused."""
-    if not CLASS_NAME.fullmatch(name):
-        raise Rejected(
-            "invalid_class",
-            f"class name {name!r} must be lowercase letters, digits, '-' or '_' (at most 63)",
-        )
+    check_name("class", name)
     if name not in known and not allow_new:
         raise Rejected(
             "unknown_class",
@@ -156,13 +174,21 @@ def validate_image(data: bytes, settings: RetrainSettings) -> str:
 
 
 def store_image(
-    store: Store, split: str, class_name: str, data: bytes, suffix: str, *, pending: bool
+    store: Store,
+    split: str,
+    model: str,
+    class_name: str,
+    data: bytes,
+    suffix: str,
+    *,
+    pending: bool,
 ) -> tuple[str, bool]:
     """Stores an image under its content hash.
 
     Args:
         store: the data bucket.
         split: ``train/`` or ``test/``.
+        model: the model it is data of.
         class_name: its (checked) class.
         data: the image bytes.
         suffix: from ``validate_image``.
@@ -171,7 +197,7 @@ def store_image(
     Returns:
         ``(key, created)``; ``created`` is False when the same content was already there.
     """
-    name = f"{class_name}/{hashlib.sha256(data).hexdigest()}.{suffix}"
+    name = f"{model}/{class_name}/{hashlib.sha256(data).hexdigest()}.{suffix}"
     try:
         store.put(split + name, data, if_none_match=True)
     except PreconditionFailed:
@@ -249,31 +275,90 @@ def _entry_class(name: str) -> str:
     return path.parts[-2]
 
 
+class Catalog:
+    """What ingestion needs to know of the models: their classes so far, and which take uploads.
+
+    Classes are read from the data bucket once per model and grow as uploads add new ones.
+    """
+
+    def __init__(self, store: Store, served: set[str]) -> None:
+        """Reads nothing yet.
+
+        Args:
+            store: the data bucket.
+            served: the models the registry serves (a served model with no training data, such
+                as the pretrained ``imagenet`` classifier, was not trained here: no uploads).
+        """
+        self.store = store
+        self.served = served
+        self._classes: dict[str, set[str]] = {}
+
+    def classes(self, model: str) -> set[str]:
+        """The classes a model's data has (mutable: accepted new classes are added)."""
+        if model not in self._classes:
+            self._classes[model] = known_classes(self.store, model)
+        return self._classes[model]
+
+    def check_model(self, model: str) -> None:
+        """Raises ``Rejected`` for an invalid model name or one that takes no uploads."""
+        check_name("model", model)
+        if model in self.served and not self.classes(model):
+            raise Rejected(
+                "model_not_trainable",
+                f"model {model!r} has no training data here (it was not trained from uploads); "
+                "upload under a new model name to start a model of your own",
+            )
+
+
+def _store_upload(
+    store: Store,
+    model: str,
+    class_name: str,
+    data: bytes,
+    settings: RetrainSettings,
+    catalog: Catalog,
+    result: IngestResult,
+) -> None:
+    """Checks and stores one image of ``model``/``class_name``, counting it in ``result``."""
+    # A model that is not served yet is being started by its uploads: any class is welcome.
+    allow_new = settings.allow_new_classes or model not in catalog.served
+    check_class(class_name, catalog.classes(model), allow_new)
+    suffix = validate_image(data, settings)
+    key, created = store_image(store, split_of(data), model, class_name, data, suffix, pending=True)
+    catalog.classes(model).add(class_name)
+    if created:
+        result.stored.append(key)
+    else:
+        result.duplicates += 1
+
+
 def _ingest_archive(
-    store: Store, upload: str, etag: str, data: bytes, settings: RetrainSettings, known: set[str]
-) -> IngestResult:
-    result = IngestResult(upload)
+    store: Store,
+    result: IngestResult,
+    etag: str,
+    data: bytes,
+    settings: RetrainSettings,
+    catalog: Catalog,
+) -> None:
+    assert result.model is not None
     for entry, content in _zip_entries(data):
         try:
             if isinstance(content, Rejected):
                 raise content
-            class_name = _entry_class(entry)
-            check_class(class_name, known, settings.allow_new_classes)
-            key, created = store_image(
-                store, TRAIN, class_name, content, validate_image(content, settings), pending=True
+            _store_upload(
+                store, result.model, _entry_class(entry), content, settings, catalog, result
             )
         except Rejected as rejected:
-            result.rejected.append(record_rejection(store, upload, etag, rejected, entry))
-            continue
-        known.add(class_name)
-        if created:
-            result.stored.append(key)
-        else:
-            result.duplicates += 1
-    return result
+            result.rejected.append(record_rejection(store, result.key, etag, rejected, entry))
 
 
-def _read_trigger(data: bytes) -> dict[str, Any]:
+def _read_trigger(key: str, data: bytes, catalog: Catalog) -> dict[str, Any]:
+    """``incoming/_retrain/<model>[.json]`` or ``incoming/_retrain/<model>/<any>``, with an
+    optional JSON body ``{"mode": "warm" | "full"}``."""
+    model = key[len(TRIGGER_PREFIX) :].split("/")[0].removesuffix(".json")
+    catalog.check_model(model)
+    if model not in catalog.served and not catalog.classes(model):
+        raise Rejected("unknown_model", f"there is no model {model!r} to retrain")
     if len(data) > MAX_TRIGGER_BYTES:
         raise Rejected("invalid_trigger", f"a retrain request is at most {MAX_TRIGGER_BYTES} bytes")
     try:
@@ -283,11 +368,11 @@ def _read_trigger(data: bytes) -> dict[str, Any]:
     mode = body.get("mode", "warm") if isinstance(body, dict) else None
     if mode not in TRAIN_MODES:
         raise Rejected("invalid_trigger", f"mode must be one of {TRAIN_MODES}, got {mode!r}")
-    return {"mode": mode}
+    return {"model": model, "mode": mode}
 
 
 def ingest_upload(
-    store: Store, upload: Upload, settings: RetrainSettings, known: set[str]
+    store: Store, upload: Upload, settings: RetrainSettings, catalog: Catalog
 ) -> IngestResult:
     """Ingests one ``incoming/`` key: stores it, or records why not; then removes the upload.
 
@@ -298,7 +383,7 @@ def ingest_upload(
         store: the data bucket.
         upload: the key (decoded) and, when the event gave it, its size.
         settings: class policy and limits.
-        known: the known classes; grows as new classes are accepted.
+        catalog: the models' classes (grows as new classes are accepted) and which take uploads.
 
     Returns:
         What the upload turned into.
@@ -316,20 +401,24 @@ def ingest_upload(
         return result
     try:
         if upload.key.startswith(TRIGGER_PREFIX):
-            result.trigger = _read_trigger(obj.data)
-        elif upload.key.lower().endswith(".zip"):
-            result = _ingest_archive(store, upload.key, obj.etag, obj.data, settings, known)
+            result.trigger = _read_trigger(upload.key, obj.data, catalog)
+            result.model = result.trigger["model"]
         else:
             parts = upload.key[len(INCOMING) :].split("/")
-            if len(parts) != 2:
-                raise Rejected("no_class", f"expected {INCOMING}<class>/<file>, got {upload.key}")
-            check_class(parts[0], known, settings.allow_new_classes)
-            key, created = store_image(
-                store, TRAIN, parts[0], obj.data, validate_image(obj.data, settings), pending=True
-            )
-            known.add(parts[0])
-            result.stored += [key] if created else []
-            result.duplicates += 0 if created else 1
+            result.model = parts[0]
+            if len(parts) == 2 and parts[1].lower().endswith(".zip"):
+                catalog.check_model(parts[0])
+                _ingest_archive(store, result, obj.etag, obj.data, settings, catalog)
+            elif len(parts) == 3:
+                catalog.check_model(parts[0])
+                _store_upload(store, parts[0], parts[1], obj.data, settings, catalog, result)
+            else:
+                result.model = None
+                raise Rejected(
+                    "no_class",
+                    f"expected {INCOMING}<model>/<class>/<file> or {INCOMING}<model>/<name>.zip, "
+                    f"got {upload.key}",
+                )
     except Rejected as rejected:
         result.rejected.append(record_rejection(store, upload.key, obj.etag, rejected))
     # Re-uploaded meanwhile (the ETag differs): the new object has its own event.
@@ -338,16 +427,17 @@ def ingest_upload(
     return result
 
 
-def seed_split(store: Store, split_dir: Path, split: str) -> int:
+def seed_split(store: Store, split_dir: Path, split: str, model: str) -> int:
     """Stores every image of a folder-per-class split directly (no ``incoming/``, no markers).
 
-    For setting up a data bucket: ``test/`` (the fixed test split) and the initial ``train/``.
+    For setting up a data bucket: a model's held-out ``test/`` split and its initial ``train/``.
     Files that do not decode are left out. Repeating it adds nothing.
 
     Args:
         store: the data bucket.
         split_dir: one folder of images per class (e.g. ``data/sample/seg_test``).
         split: ``train/`` or ``test/``.
+        model: the model the data is for.
 
     Returns:
         The number of images stored (new or already there).
@@ -355,29 +445,30 @@ def seed_split(store: Store, split_dir: Path, split: str) -> int:
     count = 0
     settings = RetrainSettings()
     for path in sorted(split_dir.glob("*/*")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not CLASS_NAME.fullmatch(path.parent.name):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not layout.NAME.fullmatch(path.parent.name):
             continue
         data = path.read_bytes()
         try:
             suffix = validate_image(data, settings)
         except Rejected:
             continue
-        store_image(store, split, path.parent.name, data, suffix, pending=False)
+        store_image(store, split, model, path.parent.name, data, suffix, pending=False)
         count += 1
     return count
 
 
-def seed_data(store: Store, root: Path) -> dict[str, int]:
-    """Seeds ``train/`` and ``test/`` from a dataset root in the Intel layout.
+def seed_data(store: Store, root: Path, model: str) -> dict[str, int]:
+    """Seeds a model's ``train/`` and ``test/`` from a dataset root in the Intel layout.
 
     Args:
         store: the data bucket.
         root: holds ``seg_train/<class>/`` and ``seg_test/<class>/``.
+        model: the model the data is for.
 
     Returns:
         Images stored per split.
     """
     return {
-        "train": seed_split(store, root / "seg_train", TRAIN),
-        "test": seed_split(store, root / "seg_test", TEST),
+        "train": seed_split(store, root / "seg_train", TRAIN, model),
+        "test": seed_split(store, root / "seg_test", TEST, model),
     }

@@ -41,6 +41,7 @@ from imgclf.pipeline import ExitCode
 from imgclf.pipeline.data import class_names, load_split
 from imgclf.pipeline.evaluation import classification_metrics
 from imgclf.registry import AliasConflict, AliasNotFound, Registry, open_registry
+from imgclf.retrain.launch import LockHeld, count_pending, start_job
 from imgclf.retrain.lock import Heartbeat, LockLost, resume_lock
 from imgclf.retrain.records import JobRecord, JobStatus, iso, now, read_job, write_job
 from imgclf.runtime import TFLiteModel
@@ -48,11 +49,42 @@ from imgclf.settings import PROJECT_ROOT, RetrainSettings
 from imgclf.storage import Store
 
 GATE_METRICS = ("accuracy", "macro_f1")
+# A job's scratch folder in the temporary directory: the pid of the process that owns it, so the
+# next job can remove what a killed one left behind.
+WORKDIR_PREFIX = "imgclf-job-"
 # Time kept back from a deadline (the lambda backend) to record the outcome and release the lock.
 DEADLINE_MARGIN_SECONDS = 30.0
 DOWNLOAD_THREADS = 16
 
 log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_workdirs(root: Path | None = None) -> list[Path]:
+    """Deletes the scratch folders of jobs whose process is gone (killed, or its host reused).
+
+    Args:
+        root: the temporary directory (default: ``tempfile.gettempdir()``).
+
+    Returns:
+        The folders removed.
+    """
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = folder.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 class JobFailed(Exception):
@@ -61,10 +93,10 @@ class JobFailed(Exception):
 
 def _download(store: Store, prefix: str, target: Path) -> dict[str, int]:
     """Copies every ``<prefix><class>/<file>`` object to ``target/<class>/<file>``."""
-    keys = [k for k in store.list(prefix) if k.count("/") == 2]
+    keys = [k for k in store.list(prefix) if k[len(prefix) :].count("/") == 1]
 
     def fetch(key: str) -> None:
-        path = target.joinpath(*key.split("/")[1:])
+        path = target.joinpath(*key[len(prefix) :].split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(store.get(key).data)
 
@@ -73,11 +105,14 @@ def _download(store: Store, prefix: str, target: Path) -> dict[str, int]:
     return {c: len(list((target / c).iterdir())) for c in class_names(target)} if keys else {}
 
 
-def snapshot(store: Store, data: Path, channels: Path | None) -> dict[str, dict[str, int]]:
-    """Lays the training data out in the Intel layout under ``data``.
+def snapshot(
+    store: Store, model: str, data: Path, channels: Path | None
+) -> dict[str, dict[str, int]]:
+    """Lays a model's training data out in the Intel layout under ``data``.
 
     Args:
         store: the data bucket.
+        model: whose data (``train/<model>/``, ``test/<model>/``).
         data: the dataset root to create (``seg_train/``, ``seg_test/``).
         channels: SageMaker's channel folder (``train/``, ``test/``) to use instead of S3.
 
@@ -93,8 +128,8 @@ def snapshot(store: Store, data: Path, channels: Path | None) -> dict[str, dict[
             for split in ("seg_train", "seg_test")
         }
     return {
-        "seg_train": _download(store, TRAIN, data / "seg_train"),
-        "seg_test": _download(store, TEST, data / "seg_test"),
+        "seg_train": _download(store, layout.model_prefix(TRAIN, model), data / "seg_train"),
+        "seg_test": _download(store, layout.model_prefix(TEST, model), data / "seg_test"),
     }
 
 
@@ -232,7 +267,7 @@ class Job:
         self.run_stage("imgclf.pipeline.training", train_args)
         self.stage("convert")
         paths = ["--model-dir", keras_out, "--data", data, "--out", out]
-        options = ["--quantization", self.settings.quantization, "--name", self.settings.model_name]
+        options = ["--quantization", self.settings.quantization, "--name", self.record.model]
         self.run_stage("imgclf.pipeline.conversion", [*paths, *options])
 
     def evaluate(self, model_dir: Path, live_dir: Path | None, test_dir: Path) -> dict[str, Any]:
@@ -282,9 +317,9 @@ class Job:
     def run(self, work: Path, channels: Path | None) -> JobRecord:
         """Runs every stage; returns the final (succeeded) record."""
         data = work / "data"
-        pending = list(self.store.list(PENDING))
+        pending = list(self.store.list(layout.model_prefix(PENDING, self.record.model)))
         self.stage("snapshot", pending=len(pending))
-        counts = snapshot(self.store, data, channels)
+        counts = snapshot(self.store, self.record.model, data, channels)
         self.record = self.record.replace(data=counts)
         live_dir, live_etag = self.live_model(work, channels)
         if not counts["seg_test"]:
@@ -308,7 +343,6 @@ class Job:
 
 def run_job(
     store: Store,
-    registry: Registry,
     settings: RetrainSettings,
     job_id: str,
     *,
@@ -319,8 +353,7 @@ def run_job(
 
     Args:
         store: the data bucket.
-        registry: the model registry.
-        settings: the retrain settings.
+        settings: the retrain settings (MODEL_REGISTRY_URI: where the job's model is published).
         job_id: a job whose record exists and for which the lock is taken.
         deadline: ``time.monotonic()`` by which the job must be over (the lambda backend).
         channels: SageMaker's input channel folder (``/opt/ml/input/data``).
@@ -338,14 +371,18 @@ def run_job(
         host=socket.gethostname(),
     )
     try:
-        lock = resume_lock(store, job_id, settings.lock_ttl_seconds)
+        lock = resume_lock(store, record.model, job_id, settings.lock_ttl_seconds)
     except LockLost as exc:
         return write_job(store, record, status=JobStatus.FAILED, error=str(exc))
     job = None
+    for folder in remove_stale_workdirs():
+        log.info("removed the scratch folder of a job that died: %s", folder)
+    workdir = tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
     try:
-        with Heartbeat(lock) as heartbeat, tempfile.TemporaryDirectory(prefix="imgclf-job-") as tmp:
+        with Heartbeat(lock) as heartbeat, workdir as tmp:
+            registry = open_registry(settings.model_registry_uri, record.model)
             job = Job(store, registry, settings, record, heartbeat, deadline)
-            return job.run(Path(tmp), channels)
+            final = job.run(Path(tmp), channels)
     except Exception as exc:  # noqa: BLE001 - whatever happened is recorded, then the lock freed
         log.exception("job %s failed", job_id)
         latest = job.record if job is not None else record
@@ -358,6 +395,40 @@ def run_job(
         )
     finally:
         lock.release()
+    follow_up(store, settings, final, deadline)
+    return final
+
+
+def follow_up(
+    store: Store, settings: RetrainSettings, done: JobRecord, deadline: float | None
+) -> JobRecord | None:
+    """Starts the next job of a model when enough images arrived while ``done`` ran.
+
+    Uploads during a job find the lock taken and start nothing; without this they would wait for
+    yet another upload. Only after a job that succeeded (it removed the markers of what it trained
+    on), so a failing job cannot start itself again and again.
+
+    Returns:
+        The follow-up job's record, or None when none was due (or another job got the lock).
+    """
+    model = done.model
+    pending = count_pending(store, model, settings.min_new_images)
+    if done.status != JobStatus.SUCCEEDED or pending < settings.min_new_images:
+        return None
+    live = done.version if done.promoted else done.compared_with
+    log.info("job %s: %d new images arrived meanwhile: a follow-up job", done.id, pending)
+    try:
+        return start_job(
+            store,
+            settings,
+            model=model,
+            reason=f"follow-up of {done.id}: {pending}+ images arrived while it ran",
+            mode="warm",
+            live_version=live,
+            run_in_process=lambda job_id: run_job(store, settings, job_id, deadline=deadline),
+        )
+    except LockHeld:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,8 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("botocore").setLevel(logging.WARNING)
     settings = RetrainSettings.from_env()
     store = layout.data_store(settings.data_bucket)
-    registry = open_registry(settings.model_registry_uri, settings.model_name)
-    record = run_job(store, registry, settings, args.job_id, channels=args.channels)
+    record = run_job(store, settings, args.job_id, channels=args.channels)
     summary = {k: record.to_dict()[k] for k in ("id", "status", "version", "promoted", "error")}
     print(json.dumps(summary))
     return 0 if record.status == JobStatus.SUCCEEDED else 1

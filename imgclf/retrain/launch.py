@@ -8,6 +8,7 @@ job itself is ``imgclf.retrain.job``.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import re
 import subprocess
@@ -22,7 +23,6 @@ from imgclf.retrain.lock import acquire_lock, lock_holder
 from imgclf.retrain.records import JobRecord, JobStatus, iso, new_job_id, now, read_job, write_job
 from imgclf.settings import (
     ENV_DATA_BUCKET,
-    ENV_MODEL_NAME,
     ENV_MODEL_REGISTRY_URI,
     ENV_RETRAIN_LOCK_TTL_SECONDS,
     ENV_RETRAIN_QUALITY_TOLERANCE,
@@ -40,17 +40,31 @@ SAGEMAKER_CHANNELS_DIR = "/opt/ml/input/data"
 SAGEMAKER_MAX_RUNTIME_SECONDS = 6 * 3600
 
 
+# What a job imports that the serving set (and so `make run`'s first install) does not have.
+TRAINING_MODULES = ("tensorflow", "keras_tuner", "sklearn", "matplotlib")
+
+
 class LockHeld(Exception):
     """Another job holds the lock; no job was started."""
 
 
-def count_pending(store: Store, limit: int) -> int:
-    """Counts the images ingested since the last job, up to ``limit`` (enough to decide)."""
-    return sum(1 for _ in itertools.islice(store.list(layout.PENDING), limit))
+class CannotLaunch(Exception):
+    """The backend cannot run a job here; the job is recorded as failed with this reason."""
+
+
+def missing_training_stack() -> list[str]:
+    """The training modules this environment lacks (empty where a job can run here)."""
+    return [m for m in TRAINING_MODULES if importlib.util.find_spec(m) is None]
+
+
+def count_pending(store: Store, model: str, limit: int) -> int:
+    """Counts a model's images ingested since its last job, up to ``limit`` (enough to decide)."""
+    pending = store.list(layout.model_prefix(layout.PENDING, model))
+    return sum(1 for _ in itertools.islice(pending, limit))
 
 
 def sagemaker_request(
-    settings: RetrainSettings, job_id: str, live_version: str | None
+    settings: RetrainSettings, model: str, job_id: str, live_version: str | None
 ) -> dict[str, Any]:
     """Builds the CreateTrainingJob request that runs ``imgclf.retrain.job`` in the training image.
 
@@ -61,6 +75,7 @@ def sagemaker_request(
 
     Args:
         settings: bucket names, registry, image, role and instance type.
+        model: the model the job trains.
         job_id: the job to run.
         live_version: the version to warm-start from (None: no ``live`` channel).
 
@@ -85,14 +100,14 @@ def sagemaker_request(
 
     bucket = settings.data_bucket
     channels = [
-        channel("train", layout.bucket_uri(bucket, layout.TRAIN)),
-        channel("test", layout.bucket_uri(bucket, layout.TEST)),
+        channel("train", layout.bucket_uri(bucket, layout.model_prefix(layout.TRAIN, model))),
+        channel("test", layout.bucket_uri(bucket, layout.model_prefix(layout.TEST, model))),
     ]
     if live_version is not None:
         registry = settings.model_registry_uri.rstrip("/")
-        version = layout.version_key(settings.model_name, live_version)
+        version = layout.version_key(model, live_version)
         channels.append(channel("live", f"{registry}/{version}"))
-    name = re.sub(r"[^a-zA-Z0-9-]", "-", f"imgclf-{settings.model_name}-{job_id}")[:63]
+    name = re.sub(r"[^a-zA-Z0-9-]", "-", f"imgclf-{model}-{job_id}")[:63]
     return {
         "TrainingJobName": name,
         "RoleArn": settings.sagemaker_role_arn,
@@ -114,7 +129,6 @@ def sagemaker_request(
         "Environment": {
             ENV_DATA_BUCKET: settings.data_bucket,
             ENV_MODEL_REGISTRY_URI: settings.model_registry_uri,
-            ENV_MODEL_NAME: settings.model_name,
             ENV_RETRAIN_QUALITY_TOLERANCE: str(settings.quality_tolerance),
             ENV_RETRAIN_LOCK_TTL_SECONDS: str(settings.lock_ttl_seconds),
             ENV_RETRAIN_TRAIN_ARGS: " ".join(settings.train_args),
@@ -143,6 +157,13 @@ def launch(
     Returns:
         The job's record after the launch.
     """
+    missing = missing_training_stack() if settings.backend in ("local", "lambda") else []
+    if missing:
+        # A clear record rather than a job process that dies on its first import.
+        raise CannotLaunch(
+            f"the training stack is not installed here (no {', '.join(missing)}): "
+            "`make setup` installs it (pip install -r requirements.txt)"
+        )
     if settings.backend == "local":
         # Same process group as the caller: stopping the local stack stops the job too.
         command = [sys.executable, "-m", JOB_MODULE, "--job-id", record.id]
@@ -150,7 +171,7 @@ def launch(
         return write_job(store, record, launched={"backend": "local", "pid": process.pid})
     if settings.backend == "lambda":
         return run_in_process(record.id)
-    request = sagemaker_request(settings, record.id, record.live_version)
+    request = sagemaker_request(settings, record.model, record.id, record.live_version)
     client = sagemaker or boto3.client("sagemaker")
     answer = client.create_training_job(**request)
     return write_job(
@@ -164,6 +185,7 @@ def start_job(
     store: Store,
     settings: RetrainSettings,
     *,
+    model: str,
     reason: str,
     mode: str,
     live_version: str | None,
@@ -174,6 +196,7 @@ def start_job(
     Args:
         store: the data bucket.
         settings: backend, lock TTL and the rest.
+        model: the model to train.
         reason: why the job starts (recorded).
         mode: ``warm`` (fine-tune the live model) or ``full`` (search from scratch).
         live_version: the live version now (recorded; the sagemaker backend mounts it).
@@ -186,9 +209,9 @@ def start_job(
         LockHeld: another job holds the lock.
     """
     job_id = new_job_id()
-    lock = acquire_lock(store, job_id, settings.lock_ttl_seconds)
+    lock = acquire_lock(store, model, job_id, settings.lock_ttl_seconds)
     if lock is None:
-        raise LockHeld(f"job {lock_holder(store)} holds the lock")
+        raise LockHeld(f"job {lock_holder(store, model)} holds the lock of model {model}")
     if lock.took_over_from:
         try:
             crashed = read_job(store, lock.took_over_from)
@@ -203,6 +226,7 @@ def start_job(
         JobRecord(
             id=job_id,
             status=JobStatus.QUEUED,
+            model=model,
             reason=reason,
             mode=mode,
             backend=settings.backend,
@@ -212,6 +236,11 @@ def start_job(
     )
     try:
         return launch(store, settings, record, run_in_process)
+    except CannotLaunch as exc:
+        lock.release()
+        return write_job(
+            store, record, status=JobStatus.FAILED, error=str(exc), finished_at=iso(now())
+        )
     except Exception as exc:
         # Nothing runs: free the lock now rather than when it expires, and say why.
         lock.release()

@@ -1,4 +1,4 @@
-"""The lock that lets one training job run at a time: ``jobs/lock.json`` in the data bucket.
+"""The lock that lets one training job per model run at a time: ``jobs/locks/<model>.json``.
 
 ``{"job_id", "renewed_at", "expires_at"}``: taken with If-None-Match, renewed and released with
 If-Match; an expired lock is taken over with If-Match on the expired copy, so a crashed job blocks
@@ -26,11 +26,16 @@ class Lock:
     """The job lock as its holder knows it: whose it is and the ETag of the copy it wrote."""
 
     store: Store
+    model: str
     job_id: str
     etag: str
     ttl: float
     # The job whose expired lock this one replaced (it stopped renewing it: it crashed).
     took_over_from: str | None = None
+
+    @property
+    def key(self) -> str:
+        return layout.lock_key(self.model)
 
     def body(self) -> bytes:
         """The lock object's content: holder and expiry, from now."""
@@ -46,39 +51,39 @@ class Lock:
             LockLost: the lock is no longer ours.
         """
         try:
-            self.etag = self.store.put(layout.LOCK_KEY, self.body(), if_match=self.etag)
+            self.etag = self.store.put(self.key, self.body(), if_match=self.etag)
         except PreconditionFailed as exc:
             raise LockLost(f"job {self.job_id} lost the lock") from exc
 
     def release(self) -> None:
         """Deletes the lock if it is still ours (if not, there is nothing to release)."""
         with contextlib.suppress(PreconditionFailed):
-            self.store.delete(layout.LOCK_KEY, if_match=self.etag)
+            self.store.delete(self.key, if_match=self.etag)
 
 
-def lock_holder(store: Store) -> str | None:
-    """The job id the lock names now (expired or not), or None when it is free."""
+def lock_holder(store: Store, model: str) -> str | None:
+    """The job id a model's lock names now (expired or not), or None when it is free."""
     try:
-        return json.loads(store.get(layout.LOCK_KEY).data).get("job_id")
+        return json.loads(store.get(layout.lock_key(model)).data).get("job_id")
     except ObjectNotFound:
         return None
 
 
-def acquire_lock(store: Store, job_id: str, ttl: float) -> Lock | None:
-    """Takes the job lock for ``job_id``: free, or held by a job whose lock expired.
+def acquire_lock(store: Store, model: str, job_id: str, ttl: float) -> Lock | None:
+    """Takes a model's job lock for ``job_id``: free, or held by a job whose lock expired.
 
     Returns:
         The lock, or None when another job holds it.
     """
-    lock = Lock(store, job_id, "", ttl)
+    lock = Lock(store, model, job_id, "", ttl)
     for _ in range(3):
         try:
-            lock.etag = store.put(layout.LOCK_KEY, lock.body(), if_none_match=True)
+            lock.etag = store.put(lock.key, lock.body(), if_none_match=True)
             return lock
         except PreconditionFailed:
             pass
         try:
-            current = store.get(layout.LOCK_KEY)
+            current = store.get(lock.key)
         except ObjectNotFound:
             continue  # released between our two requests: try again
         holder = json.loads(current.data)
@@ -86,7 +91,7 @@ def acquire_lock(store: Store, job_id: str, ttl: float) -> Lock | None:
             return None
         try:
             # Only replaces the expired copy we read: of two jobs taking over, one wins.
-            lock.etag = store.put(layout.LOCK_KEY, lock.body(), if_match=current.etag)
+            lock.etag = store.put(lock.key, lock.body(), if_match=current.etag)
             lock.took_over_from = holder.get("job_id")
             return lock
         except PreconditionFailed:
@@ -94,19 +99,19 @@ def acquire_lock(store: Store, job_id: str, ttl: float) -> Lock | None:
     return None
 
 
-def resume_lock(store: Store, job_id: str, ttl: float) -> Lock:
+def resume_lock(store: Store, model: str, job_id: str, ttl: float) -> Lock:
     """Returns the lock taken for ``job_id`` by whoever launched it, as the job's own.
 
     Raises:
         LockLost: the lock is free or held for another job.
     """
     try:
-        current = store.get(layout.LOCK_KEY)
+        current = store.get(layout.lock_key(model))
     except ObjectNotFound as exc:
         raise LockLost(f"no lock is held for job {job_id}") from exc
     if json.loads(current.data).get("job_id") != job_id:
         raise LockLost(f"the lock is held for another job than {job_id}")
-    lock = Lock(store, job_id, current.etag, ttl)
+    lock = Lock(store, model, job_id, current.etag, ttl)
     lock.renew()
     return lock
 

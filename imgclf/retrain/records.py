@@ -53,6 +53,8 @@ class JobRecord:
 
     id: str
     status: JobStatus
+    # The model the job trains (its data under train/<model>/, its versions in the registry).
+    model: str = ""
     reason: str = ""
     # warm (fine-tune the live model) or full (search from scratch).
     mode: str = "warm"
@@ -124,5 +126,5 @@ def list_jobs(store: Store) -> list[str]:
     return sorted(
         key[len(prefix) : -len(".json")]
         for key in store.list(prefix)
-        if key.endswith(".json") and "/" not in key[len(prefix) :] and key != layout.LOCK_KEY
+        if key.endswith(".json") and "/" not in key[len(prefix) :]
     )

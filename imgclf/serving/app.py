@@ -1,7 +1,14 @@
-"""The predict function's routes over its parts: settings, model holder, URL fetcher, logs, metrics.
+"""The predict function's routes over its parts: settings, models, URL fetcher, logs, metrics.
 
 ``build_router`` wires them; ``lambda_func.py`` builds one router per execution environment, and
 tests build their own from real parts (another model folder, another fetcher) with no patching.
+
+Routes: ``POST /predict`` (the default model), ``POST /models/{name}/predict``, ``GET /models``,
+``GET /models/{name}``, ``GET /model`` (the default model's description), ``GET /health``; the web
+console's: ``GET /`` and ``GET /console/{file}`` (public files, ``static``), ``POST /uploads`` and
+``GET /uploads/status`` (``uploads``), ``GET /jobs`` (``jobs``), ``GET /models/{name}/versions/
+{version}``; and the admin writes (``auth.ADMIN_ROUTES``): ``POST /models/{name}/uploads``,
+``POST /models/{name}/promote``, ``POST /models/{name}/rollback`` (``admin``).
 """
 
 from __future__ import annotations
@@ -12,26 +19,34 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 
+from imgclf.serving.admin import RegistryService
 from imgclf.serving.fetch import UrlFetcher
 from imgclf.serving.http import Request, Router
-from imgclf.serving.model_holder import ModelHolder
-from imgclf.serving.predict import answer, parse_predict_request
+from imgclf.serving.jobs import list_jobs, parse_jobs_query
+from imgclf.serving.model_holder import ModelCatalog
+from imgclf.serving.predict import answer, parse_model_version, parse_predict_request
+from imgclf.serving.static import Console
+from imgclf.serving.uploads import DataBucket, UploadService
 from imgclf.settings import ServeSettings
 
 
 @dataclass(frozen=True)
 class PredictService:
-    """``POST /predict``, ``GET /health`` and ``GET /model`` over one model holder."""
+    """The routes over one model catalog."""
 
     settings: ServeSettings
-    models: ModelHolder
+    models: ModelCatalog
     fetcher: UrlFetcher
+    # Where {"s3_key"} inputs are read (None: they are refused).
+    bucket: DataBucket | None = None
 
     def predict(self, request: Request) -> dict[str, Any]:
-        """``POST /predict``: classifies the request's image(s) with the live or pinned model."""
+        """``POST /predict`` and ``POST /models/{name}/predict``: classifies the request's
+        image(s) with the model's live (or pinned) version."""
         settings = self.settings
-        parsed = parse_predict_request(request, settings.max_batch)
-        model = self.models.get(parsed.model_version)
+        read_upload = self.bucket.read_upload if self.bucket is not None else None
+        parsed = parse_predict_request(request, settings.max_batch, read_upload)
+        model = self.models.get(request.path_params.get("name"), parsed.model_version)
         body = answer(
             parsed, model, self.fetcher.fetch, settings.default_top_k, settings.image_limits
         )
@@ -39,12 +54,38 @@ class PredictService:
         return body
 
     def health(self, request: Request) -> dict[str, Any]:
-        """``GET /health``: 200 with the loaded model, 503 when none is loaded."""
-        return {"status": "ok", "model": self.models.get().ref}
+        """``GET /health``: 200 with the default model, 503 when it is not loaded; a model that
+        failed its last refresh and kept its previous version is named under ``problems``."""
+        body: dict[str, Any] = {"status": "ok", "model": self.models.get().ref}
+        problems = self.models.problems()
+        if problems:
+            body["problems"] = problems
+        return body
 
     def model_info(self, request: Request) -> dict[str, Any]:
-        """``GET /model``: the live (or ``?model_version=`` pinned) model's description."""
-        return self.models.get(request.query.get("model_version")).describe()
+        """``GET /model``: the default model's live (or ``?model_version=``) description."""
+        version = parse_model_version(request.query.get("model_version"))
+        return self.models.get(None, version).describe()
+
+    def list_models(self, request: Request) -> dict[str, Any]:
+        """``GET /models``: every model, its live version and metrics, the default first."""
+        return {
+            "default": self.models.default,
+            "models": [self.models.summary(name) for name in self.models.names()],
+        }
+
+    def model_detail(self, request: Request) -> dict[str, Any]:
+        """``GET /models/{name}``: one model's summary and its published versions."""
+        name = request.path_params["name"]
+        body = self.models.summary(name)
+        body["versions"] = self.models.versions(name)
+        return body
+
+    def list_jobs(self, request: Request) -> dict[str, Any]:
+        """``GET /jobs?model=<name>[&limit=N]``: a model's retraining jobs, newest first."""
+        if self.bucket is None:
+            return {"jobs": [], "pending_images": 0}
+        return list_jobs(self.bucket, *parse_jobs_query(request))
 
 
 def build_router(
@@ -52,8 +93,9 @@ def build_router(
     logger: Logger,
     metrics: Metrics,
     *,
-    models: ModelHolder | None = None,
+    models: ModelCatalog | None = None,
     fetcher: UrlFetcher | None = None,
+    bucket: DataBucket | None = None,
 ) -> Router:
     """The predict function's router.
 
@@ -61,22 +103,41 @@ def build_router(
         settings: the serving settings.
         logger: structured logs.
         metrics: embedded metrics.
-        models: the model holder (default: one built from ``settings``, loading the model now).
+        models: the model catalog (default: one built from ``settings``, loading the default
+            model now).
         fetcher: the URL fetcher (default: one built from ``settings``).
+        bucket: the data bucket (default: DATA_BUCKET through boto3's default client).
 
     Returns:
         The router whose ``handle(event, context)`` answers Lambda events.
     """
+    bucket = bucket if bucket is not None else DataBucket(settings)
     service = PredictService(
         settings,
-        models if models is not None else ModelHolder(settings, logger),
+        models if models is not None else ModelCatalog(settings, logger),
         fetcher if fetcher is not None else UrlFetcher.from_settings(settings),
+        bucket,
     )
+    uploads = UploadService(settings, bucket)
+    registry = RegistryService(settings, service.models)
+    console = Console()
     return Router(
         routes={
+            "/": {"GET": console.index},
+            "/console/{file}": {"GET": console.asset},
             "/predict": {"POST": service.predict},
             "/health": {"GET": service.health},
             "/model": {"GET": service.model_info},
+            "/models": {"GET": service.list_models},
+            "/models/{name}": {"GET": service.model_detail},
+            "/models/{name}/predict": {"POST": service.predict},
+            "/models/{name}/versions/{version}": {"GET": registry.version_detail},
+            "/models/{name}/promote": {"POST": registry.promote},
+            "/models/{name}/rollback": {"POST": registry.rollback},
+            "/models/{name}/uploads": {"POST": uploads.create_training_uploads},
+            "/uploads": {"POST": uploads.create_upload},
+            "/uploads/status": {"GET": uploads.upload_status},
+            "/jobs": {"GET": service.list_jobs},
         },
         logger=logger,
         metrics=metrics,

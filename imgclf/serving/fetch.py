@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import ipaddress
+import os
 import socket
 import ssl
 import threading
@@ -33,6 +34,16 @@ _CHUNK = 64 * 1024
 # getaddrinfo has no timeout of its own, and a slow authoritative server is one an attacker can run:
 # resolving in a worker lets the request's deadline bound it.
 _RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
+
+
+def _new_resolver_after_fork() -> None:
+    """A forked child (a pre-forking server, the fuzz harness) has none of its parent's threads,
+    and an executor that believes it has idle workers would queue every lookup forever."""
+    global _RESOLVER
+    _RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
+
+
+os.register_at_fork(after_in_child=_new_resolver_after_fork)
 
 
 def is_public_address(ip: IPAddress) -> bool:
@@ -98,6 +109,13 @@ def _parse(url: str) -> _Target:
         host = host.encode("idna").decode("ascii")
     except UnicodeError as exc:
         raise BadRequest(f"invalid host name: {host!r}", code="invalid_url") from exc
+    # A trailing dot only marks a name as absolute, and the resolver does not strip it from an
+    # address: "127.0.0.1." would fail to resolve (a 502) rather than be refused as loopback.
+    # Without it the address policy sees the address; the Host header and TLS SNI, which must
+    # not carry the dot either, get the same name.
+    host = host.rstrip(".")
+    if not host:
+        raise BadRequest("the URL has no host", code="invalid_url")
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"

@@ -1,4 +1,5 @@
-"""HTTP on Lambda: API Gateway / Function URL events in, JSON responses out.
+"""HTTP on Lambda: API Gateway / Function URL events in, JSON responses out (a route may
+answer ``Raw`` bytes instead: the web console's static files).
 
 ``parse_event`` reads API Gateway REST API (payload 1.0), HTTP API (payload 2.0) and Lambda Function
 URL events, with or without ``isBase64Encoded``, into one ``Request``. ``Router`` dispatches it to a
@@ -7,12 +8,13 @@ route and is the one place where errors become responses, metrics and the access
 
 from __future__ import annotations
 
+import base64
 import binascii
 import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import multipart
@@ -36,6 +38,9 @@ class Request:
         body: the body bytes (base64 already undone).
         request_id: API Gateway's request id, else Lambda's, else a fresh one.
         received_at: ``time.perf_counter()`` when the event arrived.
+        path_params: the ``{name}`` segments of the route that matched.
+        authorizer: ``requestContext.authorizer`` as API Gateway set it (``{"jwt": {"claims",
+            "scopes"}}`` on a route with a JWT authorizer), else empty.
     """
 
     method: str
@@ -45,6 +50,8 @@ class Request:
     body: bytes = b""
     request_id: str = ""
     received_at: float = 0.0
+    path_params: Mapping[str, str] = field(default_factory=dict)
+    authorizer: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def media_type(self) -> str:
@@ -133,6 +140,7 @@ def parse_event(event: Any, context: Any, max_body_bytes: int) -> Request:
         body=body,
         request_id=_request_id(event, context),
         received_at=started,
+        authorizer=_mapping(request_context.get("authorizer")),
     )
 
 
@@ -227,7 +235,58 @@ def response(
     }
 
 
-Route = Callable[[Request], dict[str, Any]]
+@dataclass(frozen=True)
+class Raw:
+    """A route's answer that is not JSON: a static file, or a 304 for one.
+
+    Attributes:
+        body: the bytes to send.
+        content_type: their media type (``text/*`` and JavaScript go as text, the rest base64).
+        headers: extra headers (caching, content security policy).
+        status: the HTTP status.
+    """
+
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    status: int = 200
+
+    def to_response(self, request_id: str) -> dict[str, Any]:
+        """The Lambda proxy response carrying these bytes."""
+        text = self.content_type.startswith(("text/", "application/javascript", "image/svg"))
+        return {
+            "statusCode": self.status,
+            "headers": {
+                "content-type": self.content_type,
+                REQUEST_ID_HEADER: request_id,
+                **self.headers,
+            },
+            "body": self.body.decode() if text else base64.b64encode(self.body).decode("ascii"),
+            "isBase64Encoded": not text,
+        }
+
+
+Route = Callable[[Request], "dict[str, Any] | Raw"]
+
+
+def match_route(template: str, path: str) -> dict[str, str] | None:
+    """Matches a path against a route such as ``/models/{name}/predict``.
+
+    Returns:
+        The ``{name}`` segments' values (``{}`` for a route without any), or None: no match.
+    """
+    want, got = template.split("/"), path.split("/")
+    if len(want) != len(got):
+        return None
+    params = {}
+    for pattern, segment in zip(want, got, strict=True):
+        if pattern.startswith("{") and pattern.endswith("}"):
+            if not segment:
+                return None
+            params[pattern[1:-1]] = segment
+        elif pattern != segment:
+            return None
+    return params
 
 
 @dataclass
@@ -259,15 +318,14 @@ class Router:
         request_id = _request_id(event, context)
         self.logger.append_keys(request_id=request_id)
         method = path = ""
-        body: Mapping[str, Any] = {}
+        body: Mapping[str, Any] | Raw = {}
         error: ServiceError | None = None
         headers: dict[str, str] = {}
         try:
             request = parse_event(event, context, self.max_body_bytes)
             method, path = request.method, request.path
-            methods = self.routes.get(path)
-            if methods is None:
-                raise NotFound(f"no route {path}")
+            methods, params = self._find(path)
+            request = replace(request, path_params=params)
             route = methods.get(method)
             if route is None:
                 headers["allow"] = ", ".join(methods)
@@ -278,12 +336,31 @@ class Router:
         except Exception:  # noqa: BLE001 - the one place that turns a bug into a generic 500
             self.logger.exception("unhandled error")
             error = ServiceError("internal error")
-        status = error.status if error else 200
+        raw = body if isinstance(body, Raw) and error is None else None
+        status = error.status if error else raw.status if raw else 200
         latency_ms = (time.perf_counter() - started) * 1000
-        model_version = str((body.get("model") or {}).get("version", "none"))
+        # {"model": {"name", "version"}} in a prediction; other answers may name a model by text.
+        model = {} if raw else body.get("model")
+        model_version = str(model.get("version", "none")) if isinstance(model, Mapping) else "none"
         self._record(method, path, status, latency_ms, model_version, error)
         self.logger.remove_keys(["request_id"])
+        if raw is not None:
+            return raw.to_response(request_id)
         return response(status, error.to_body() if error else body, request_id, headers)
+
+    def _find(self, path: str) -> tuple[Mapping[str, Route], dict[str, str]]:
+        """The methods of the route a path matches (an exact route first), and its parameters.
+
+        Raises:
+            NotFound: no route matches.
+        """
+        if path in self.routes:
+            return self.routes[path], {}
+        for template, methods in self.routes.items():
+            params = match_route(template, path)
+            if params is not None:
+                return methods, params
+        raise NotFound(f"no route {path}")
 
     def _record(
         self,

@@ -1,7 +1,8 @@
 """The benchmark (``make bench``) still works: a tiny budget run writes every section with numbers.
 
 These tests check that the figures are measured and that everything the report derives (ratios,
-floors, costs, verdicts) is computed from them; they assert no performance figure.
+floors, engines, batches, costs, the memory choice, verdicts) is computed from them; they assert no
+performance figure.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 import pytest
 
 from benchmarks import cost, footprint, probes, report
+from benchmarks.engines import ONNX_VARIANTS
 from benchmarks.inputs import INPUTS
-from benchmarks.run import BUDGETS, QUANTIZATIONS
+from benchmarks.run import BATCH_SIZES, BUDGETS, QUANTIZATIONS, bundled_models
 from imgclf.settings import PROJECT_ROOT
 
 
@@ -37,42 +39,89 @@ def bench(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return {
         "json": json.loads(out.with_suffix(".json").read_text()),
         "md": out.with_suffix(".md").read_text(),
+        "chart": out.with_name(out.name + report.CHART_SUFFIX),
+    }
+
+
+def _models(bench: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: measured
+        for name, measured in bench["json"]["results"]["models"].items()
+        if "skipped" not in measured
     }
 
 
 @pytest.mark.slow
-def test_every_part_is_measured(bench: dict[str, Any]) -> None:
+def test_every_bundled_model_is_measured(bench: dict[str, Any]) -> None:
     results = bench["json"]["results"]
     tiny = BUDGETS["tiny"]
-    # THEN each quantisation convert.py offers was served, on every input, with the floor beside it
-    assert sorted(results["serving"]) == sorted(QUANTIZATIONS)
-    for serving in results["serving"].values():
-        assert sorted(serving["inputs"]) == sorted(item.name for item in INPUTS)
-        for figures in serving["inputs"].values():
-            for part in ("handler", "decode", "invoke"):
-                assert figures[part]["n"] == tiny.iterations
-                assert _positive(figures[part]["p50"]) and _positive(figures[part]["p99"])
-        assert serving["macs"] > 0 and _positive(serving["peak_rss_mb"])
-    # AND the usual Keras way, on the same inputs, three ways
-    for figures in results["keras"]["inputs"].values():
-        for way in ("tutorial", "predict", "call"):
-            assert figures[way]["n"] == tiny.keras_iterations and _positive(figures[way]["p50"])
+    # THEN every bundled model was measured, the default one first
+    assert list(results["models"]) == [p.name for p in bundled_models(PROJECT_ROOT / "model")]
+    assert results["default_model"] == next(iter(results["models"]))
+    for measured in _models(bench).values():
+        bundled = measured["model"]["bundled_quantization"]
+        expected = sorted({*tiny.quantizations, bundled} & set(QUANTIZATIONS))
+        # each quantisation asked for was served, on every input, with the floor beside it
+        assert sorted(measured["serving"]) == expected
+        for serving in measured["serving"].values():
+            assert sorted(serving["inputs"]) == sorted(item.name for item in INPUTS)
+            for figures in serving["inputs"].values():
+                for part in ("handler", "decode", "invoke"):
+                    assert figures[part]["n"] == tiny.iterations
+                    assert _positive(figures[part]["p50"]) and _positive(figures[part]["p99"])
+            assert serving["macs"] > 0 and _positive(serving["peak_rss_mb"])
+        # AND the usual Keras way, on the same inputs, three ways
+        for figures in measured["keras"]["inputs"].values():
+            for way in ("tutorial", "predict", "call"):
+                assert figures[way]["n"] == tiny.keras_iterations and _positive(figures[way]["p50"])
+        # AND LiteRT beside ONNX Runtime in one process, and the whole request each way
+        engines = measured["engines"]
+        samples = tiny.engine_rounds * (tiny.engine_block - 1)
+        assert sorted(engines["litert"]) == expected
+        assert sorted(engines["onnx"]) == sorted(ONNX_VARIANTS)
+        for figures in engines["litert"].values():
+            assert figures["predict"]["n"] == samples and _positive(figures["invoke"]["p50"])
+        for figures in engines["onnx"].values():
+            assert figures["run"]["n"] == samples and _positive(figures["run"]["p50"])
+        ways = {"handler", "decode", "litert"} | {f"onnx-{v}" for v in ONNX_VARIANTS}
+        assert set(engines["e2e"]) == ways
+        # AND uint8 pixels go into the int8 model unchanged, and into no float model
+        assert engines["litert"]["int8"]["uint8_pixels_unchanged"] is True
+        assert engines["litert"]["int8"]["input"]["dtype"] == "uint8"
+        for quantization in set(expected) - {"int8"}:
+            assert engines["litert"][quantization]["uint8_pixels_unchanged"] is False
+        for variant in ONNX_VARIANTS:
+            onnx = measured["model"]["onnx"][variant]
+            assert onnx["bytes"] > 0 and 0 <= onnx["agreement"] <= 1 and onnx["images"] > 0
+        # AND batches of 1, 4 and 8 both ways, with the same answers
+        batch = measured["batch"]["sizes"]
+        assert sorted(int(n) for n in batch) == sorted(BATCH_SIZES)
+        for figures in batch.values():
+            assert figures["same_as_loop"] is True
+            assert _positive(figures["loop"]["p50"]) and _positive(figures["batch"]["p50"])
+        # AND the memory curve at each size of the budget, and the cold starts
+        curve = measured["curve"]["rows"]
+        assert [row["memory_mb"] for row in curve] == list(tiny.curve_sizes)
+        assert all(_positive(row["p50"]) and row["billed_ms_mean"] >= 1 for row in curve)
+        # the CPU time each request used, and that time over the share (a quiet core)
+        for row in curve:
+            assert _positive(row["cpu"]["p50"])
+            assert row["quiet"]["p50"] == pytest.approx(row["cpu"]["p50"] / row["share"])
+        for side in ("handler", "keras"):
+            runs = measured["cold"]["runs"][side]
+            assert len(runs) == tiny.cold_runs
+            assert all(_positive(run["to_first_answer_ms"]) for run in runs)
     assert _positive(results["peak"]["gflops"])
-    for side in ("handler", "keras"):
-        runs = results["cold"]["runs"][side]
-        assert len(runs) == tiny.cold_runs
-        assert all(_positive(run["to_first_answer_ms"]) for run in runs)
+    assert len(results["retrain_cold"]["runs"]) == tiny.cold_runs
     for side in ("serving", "tensorflow"):
         assert _positive(results["footprint"][side]["installed_mb"])
-    for q in QUANTIZATIONS:
-        assert results["model"]["quantizations"][q]["bytes"] > 0
-    assert results["cost"]["template_memory_mb"] >= 128
+    assert results["cost"]["template_memory_mb"] >= results["cost"]["template_min_memory_mb"]
     # AND Locust ran once per worker count, with requests answered
     assert [run["workers"] for run in results["load"]] == list(tiny.workers)
     for run in results["load"]:
@@ -82,53 +131,111 @@ def test_every_part_is_measured(bench: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_derived_figures_come_from_the_measurements(bench: dict[str, Any]) -> None:
     results, derived = bench["json"]["results"], bench["json"]["derived"]
-    assert len(derived["latency"]) == len(QUANTIZATIONS) * len(INPUTS)
-    for row in derived["latency"]:
-        measured = results["serving"][row["quantization"]]["inputs"][row["input"]]
-        keras = results["keras"]["inputs"][row["input"]]
-        handler = measured["handler"]["p50"]
-        floor = measured["decode"]["p50"] + measured["invoke"]["p50"]
-        assert row["handler_p50_ms"] == handler
-        assert row["floor_p50_ms"] == pytest.approx(floor)
-        assert row["handler_over_floor"] == pytest.approx(handler / floor)
-        assert row["speedup_vs_keras_predict"] == pytest.approx(keras["predict"]["p50"] / handler)
-        assert row["speedup_vs_keras_tutorial"] == pytest.approx(keras["tutorial"]["p50"] / handler)
-    cold = {
-        side: statistics.median(run["to_first_answer_ms"] for run in runs)
-        for side, runs in results["cold"]["runs"].items()
-    }
-    assert derived["cold"]["speedup"] == pytest.approx(cold["keras"] / cold["handler"])
-    for row in derived["invoke"]:
-        seconds = row["invoke_p50_ms"] / 1000
-        expected = 2 * row["macs"] / seconds / (results["peak"]["gflops"] * 1e9)
-        assert row["fraction_of_fp32_peak"] == pytest.approx(expected)
-    memory = results["cost"]["template_memory_mb"]
-    for row in derived["cost"]:
-        expected = cost.cost_per_million(row["handler"]["duration_ms"], memory)["total_usd"]
-        assert row["handler"]["total_usd"] == pytest.approx(expected)
-        assert row["ratio"] == pytest.approx(
-            row["keras"]["total_usd"] / row["handler"]["total_usd"]
+    assert sorted(derived["models"]) == sorted(_models(bench))
+    for name, d in derived["models"].items():
+        measured = results["models"][name]
+        assert len(d["latency"]) == len(measured["serving"]) * len(INPUTS)
+        for row in d["latency"]:
+            figures = measured["serving"][row["quantization"]]["inputs"][row["input"]]
+            keras = measured["keras"]["inputs"][row["input"]]
+            handler = figures["handler"]["p50"]
+            floor = figures["decode"]["p50"] + figures["invoke"]["p50"]
+            assert row["handler_p50_ms"] == handler
+            assert row["floor_p50_ms"] == pytest.approx(floor)
+            assert row["handler_over_floor"] == pytest.approx(handler / floor)
+            assert row["speedup_vs_keras_predict"] == pytest.approx(
+                keras["predict"]["p50"] / handler
+            )
+        cold = {
+            side: statistics.median(run["to_first_answer_ms"] for run in runs)
+            for side, runs in measured["cold"]["runs"].items()
+        }
+        assert d["cold"]["speedup"] == pytest.approx(cold["keras"] / cold["handler"])
+        for row in d["invoke"]:
+            seconds = row["invoke_p50_ms"] / 1000
+            expected = 2 * row["macs"] / seconds / (results["peak"]["gflops"] * 1e9)
+            assert row["fraction_of_fp32_peak"] == pytest.approx(expected)
+        # AND every engine is compared with the served model's predict, measured in one process
+        bundled = measured["model"]["bundled_quantization"]
+        served = measured["engines"]["litert"][bundled]["predict"]["p50"]
+        assert [r["variant"] for r in d["engines"] if r["served"]] == [bundled]
+        for row in d["engines"]:
+            assert row["vs_served"] == pytest.approx(row["p50_ms"] / served)
+        best = min(measured["engines"]["onnx"].values(), key=lambda f: f["run"]["p50"])
+        assert d["e2e"]["served_over_best_onnx"] == pytest.approx(served / best["run"]["p50"])
+        e2e = measured["engines"]["e2e"]
+        assert d["e2e"]["handler_over_decode_invoke"] == pytest.approx(
+            e2e["handler"]["p50"] / (e2e["decode"]["p50"] + served)
         )
+        # AND each batch size's verdict follows from its two timings and the rule's margin
+        rule = d["batch"]["rule"]
+        for row in d["batch"]["rows"]:
+            assert row["speedup"] == pytest.approx(row["loop_p50_ms"] / row["batch_p50_ms"])
+            assert row["faster"] == (row["size"] > 1 and row["speedup"] >= rule["min_speedup"])
+            assert row["serving_batches"] == (row["size"] in rule["batch_invoke_sizes"])
+        # AND the curve's prices, and a choice from the quiet-core figures above the floor
+        for row in d["curve"]:
+            assert row["usd_per_million"] == pytest.approx(
+                cost.price_per_million(row["billed_ms_mean"], row["memory_mb"])
+            )
+            assert row["quiet_usd_per_million"] == pytest.approx(
+                cost.price_per_million(row["quiet_billed_ms_mean"], row["memory_mb"])
+            )
+        basis = [
+            {
+                "memory_mb": r["memory_mb"],
+                "p50_ms": r["quiet_p50_ms"],
+                "usd_per_million": r["quiet_usd_per_million"],
+            }
+            for r in d["curve"]
+        ]
+        floor_mb = results["cost"]["template_min_memory_mb"]
+        assert d["memory"] == cost.choose_memory(basis, floor_mb)
+        assert d["memory"]["memory_mb"] >= results["cost"]["template_min_memory_mb"]
+        memory = results["cost"]["template_memory_mb"]
+        for row in d["cost"]:
+            expected = cost.cost_per_million(row["handler"]["duration_ms"], memory)["total_usd"]
+            assert row["handler"]["total_usd"] == pytest.approx(expected)
+    chosen = [d["memory"]["memory_mb"] for d in derived["models"].values()]
+    assert derived["memory"]["chosen_mb"] == max(chosen)
     # AND each target's verdict agrees with its measured value
     for target in derived["targets"]:
-        if ">=" in target["target"]:
+        if ">=" in target["target"] and "==" not in target["target"]:
             assert target["met"] == (target["value"] >= target["limit"])
-        else:  # "<", "<=" and "== 0" (failures, never negative)
+        elif "PredictMemorySize" in target["target"]:
+            assert target["met"] == (target["value"] == target["limit"])
+        else:  # "<", "<=" and "== 0" (counts, never negative)
             assert target["met"] == (target["value"] <= target["limit"])
 
 
 @pytest.mark.slow
-def test_the_markdown_report_has_every_section_and_the_machine(bench: dict[str, Any]) -> None:
+def test_the_markdown_report_has_every_section_the_machine_and_the_chart(
+    bench: dict[str, Any],
+) -> None:
     md, meta = bench["md"], bench["json"]["meta"]
-    for heading in ("## Targets", "## 1. ", "## 2. ", "## 3. ", "## 4. ", "## 5. ", "## 6. "):
+    for heading in ("## Targets", *(f"## {n}. " for n in range(1, 10))):
         assert heading in md
     assert meta["machine"]["cpu_model"] in md and meta["command"] in md
     assert "python -m benchmarks --budget tiny" in meta["command"]
-    first = bench["json"]["derived"]["latency"][0]
+    # THEN the instruction sets that decide int8's speed are named, present and absent
+    assert set(meta["machine"]["simd"]) | set(meta["machine"]["simd_absent"]) >= {
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_int8",
+    }
+    for flag in meta["machine"]["simd_absent"]:
+        assert flag in md
+    name, d = next(iter(bench["json"]["derived"]["models"].items()))
+    first = d["latency"][0]
     assert (
-        f"| {first['quantization']} | {first['input']} | {report._ms(first['handler_p50_ms'])} |"
-        in md
+        f"| {name} | {first['quantization']} | {first['input']} | "
+        f"{report._ms(first['handler_p50_ms'])} |" in md
     )
+    # AND the memory chart is a PNG the report links
+    assert bench["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({bench['chart'].name})" in md
 
 
 @pytest.mark.slow
@@ -140,14 +247,15 @@ def test_readme_section_is_copied_from_the_json(bench: dict[str, Any], tmp_path:
     )
     # WHEN the section is rewritten from the JSON
     report.update_readme(readme, bench["json"])
-    # THEN the headline table replaced the old text and nothing else changed
+    # THEN the headline tables replaced the old text and nothing else changed
     text = readme.read_text()
     assert (
         "stale figures" not in text and text.startswith("# Title\n") and text.endswith("\nafter\n")
     )
     assert report.headline(bench["json"]) in text
-    cold = bench["json"]["derived"]["cold"]["handler"]["to_first_answer_ms"]
-    assert f"{cold:.0f} ms" in text
+    default = bench["json"]["results"]["default_model"]
+    cold = bench["json"]["derived"]["models"][default]["cold"]["handler"]["to_first_answer_ms"]
+    assert f"{cold:.0f} ms" in text and "ONNX Runtime int8" in text
     # AND rewriting again is stable
     report.update_readme(readme, bench["json"])
     assert readme.read_text() == text
@@ -188,26 +296,51 @@ def test_lambda_bills_whole_milliseconds_at_the_published_price() -> None:
         0.20 + 1000 * 0.0000166667
     )
     assert cost.cost_per_million(1.01, 1024)["billed_ms"] == 2
+    assert cost.price_per_million(1.0, 1024) == pytest.approx(0.20 + 1000 * 0.0000166667)
     assert cost.memory_for(peak_rss_mb=700, floor_mb=1769) == 1769
     assert cost.memory_for(peak_rss_mb=1800, floor_mb=1769) == 1856
+
+
+def test_the_memory_choice_is_the_fastest_size_near_the_cheapest_above_the_floor() -> None:
+    def row(memory_mb: int, p50_ms: float, usd: float) -> dict[str, Any]:
+        return {"memory_mb": memory_mb, "p50_ms": p50_ms, "usd_per_million": usd}
+
+    # GIVEN a CPU-bound curve: the price about flat up to one vCPU, then rising with memory
+    rows = [
+        row(256, 70.0, 0.41),
+        row(512, 35.0, 0.40),
+        row(1024, 17.5, 0.41),
+        row(1769, 10.0, 0.415),
+        row(3008, 10.0, 0.70),
+    ]
+    # THEN the fastest size within 5% of the cheapest price is chosen
+    assert cost.choose_memory(rows, floor_mb=128)["memory_mb"] == 1769
+    assert cost.choose_memory(rows, floor_mb=128)["cheapest_mb"] == 512
+    # AND a size below the floor is never chosen, even the cheapest
+    cheap_below = [row(256, 70.0, 0.10), row(512, 35.0, 0.40), row(1769, 10.0, 0.60)]
+    assert cost.choose_memory(cheap_below, floor_mb=512)["memory_mb"] == 512
+    with pytest.raises(ValueError, match="at or above"):
+        cost.choose_memory(rows, floor_mb=4096)
 
 
 def test_the_template_memory_size_is_read_through_cloudformation_tags(tmp_path: Path) -> None:
     template = tmp_path / "template.yaml"
     template.write_text(
         "Parameters:\n  PredictMemorySize:\n    Type: Number\n    Default: 2048\n"
+        "    MinValue: 512\n"
         "Resources:\n  F:\n    Properties:\n      MemorySize: !Ref PredictMemorySize\n"
         "      Name: !Sub '${AWS::StackName}-f'\n      List: !GetAtt [A, Arn]\n"
     )
     assert cost.template_memory_mb(template) == 2048
+    assert cost.template_min_memory_mb(template) == 512
 
 
 def test_the_serving_footprint_is_the_closure_of_requirements_lambda() -> None:
     serving = footprint.closure(
         footprint.read_requirements(PROJECT_ROOT / "requirements-lambda.txt")
     )
-    # THEN the transitive dependencies are in, and nothing of TensorFlow
+    # THEN the transitive dependencies are in, and nothing of TensorFlow or ONNX
     assert {"ai-edge-litert", "pillow", "numpy", "botocore", "s3transfer"} <= set(serving)
-    assert not {"tensorflow", "tensorflow-cpu", "keras"} & set(serving)
+    assert not {"tensorflow", "tensorflow-cpu", "keras", "onnxruntime", "onnx"} & set(serving)
     tensorflow = footprint.closure(footprint.TENSORFLOW_STACK)
     assert {"tensorflow-cpu", "keras", "h5py", "pillow", "numpy"} <= set(tensorflow)

@@ -23,7 +23,7 @@ from imgclf.serving.model_holder import ModelHolder
 from imgclf.settings import ServeSettings
 from imgclf.storage import ObjectNotFound, PreconditionFailed, Store, open_store
 
-BUNDLED = ROOT / "model"
+BUNDLED = ROOT / "model" / "scene"
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -289,7 +289,10 @@ def test_a_corrupt_file_in_the_bucket_is_refused(
     corrupt[len(corrupt) // 2] ^= 0xFF
     registry.store.put(key, bytes(corrupt))
     settings = ServeSettings(
-        model_registry_uri=registry.store.uri, model_refresh_seconds=0.0, model_cache_size=1
+        model_registry_uri=registry.store.uri,
+        model_name="scene",
+        model_refresh_seconds=0.0,
+        model_cache_size=1,
     )
     holder = ModelHolder(settings, logger=logging.getLogger("serving"))
     assert holder.get().version == "0001"

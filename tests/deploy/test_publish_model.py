@@ -43,12 +43,12 @@ def test_the_bundled_model_becomes_the_first_live_version_once(aws_env: str) -> 
     assert registry.list_versions() == ["0001"]
     assert registry.read_live()[0]["version"] == "0001"
     stored = registry.read_version("0001")["model.tflite"]
-    bundled = (ROOT / "model" / "model.tflite").read_bytes()
+    bundled = (ROOT / "model" / "scene" / "model.tflite").read_bytes()
     assert hashlib.sha256(stored).digest() == hashlib.sha256(bundled).digest()
 
     again = publish(stack)
     assert again.returncode == 0, again.stderr
-    assert "is live already" in again.stdout
+    assert "live already" in again.stdout
     assert registry.list_versions() == ["0001"]
 
 

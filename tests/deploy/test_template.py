@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_lambda_powertools import Logger, Metrics
 
 from helpers import ROOT, run_deploy_tool
 from imgclf import layout, settings
+from imgclf.serving.app import build_router
+from imgclf.serving.auth import ADMIN_ROUTES, PUBLIC_ROUTES
+from imgclf.serving.uploads import UPLOADS_PREFIX
 from imgclf.settings import RetrainSettings, ServeSettings
 
 REGION = "us-east-1"
@@ -127,6 +131,10 @@ class Stack:
             return self.value(args[0]) == self.value(args[1])
         if function == "Fn::Not":
             return not self.condition(args[0])
+        if function == "Fn::And":
+            return all(self.condition(a) for a in args)
+        if function == "Fn::Or":
+            return any(self.condition(a) for a in args)
         if function == "Condition":
             return self.condition(args)
         raise NotImplementedError(function)
@@ -142,6 +150,8 @@ class Stack:
         if name == "AWS::NoValue":
             return None
         if name in self.parameters:
+            if self.template["Parameters"][name]["Type"] == "CommaDelimitedList":
+                return self.parameters[name].split(",")
             return self.parameters[name]
         resource = self.resources[name]
         if resource["Type"] == "AWS::S3::Bucket":
@@ -183,6 +193,8 @@ class Stack:
                 return self.value(args[1])[int(args[0])]
             if key == "Fn::Split":
                 return self.value(args[1]).split(args[0])
+            if key == "Fn::Join":
+                return args[0].join(self.value(args[1]))
             if key == "Fn::If":
                 return self.value(args[1] if self.condition(args[0]) else args[2])
         return {k: v for k, v in ((k, self.value(v)) for k, v in node.items()) if v is not None}
@@ -261,10 +273,14 @@ def test_sam_local_start_api_routes_every_path_to_the_predict_function(
         ["POST"],
         ["X-AMAZON-APIGATEWAY-ANY-METHOD"],
     ]
-    routes = {tuple(r[0]): r for r in view["routes"]}
+    # The SAM CLI cannot evaluate the HttpApi's conditional CorsConfiguration (ApiCorsOrigins)
+    # and answers CORS preflights itself on every route: OPTIONS is its own, not the template's.
+    routes = {tuple(m for m in r[0] if m != "OPTIONS"): r for r in view["routes"]}
     assert sorted(routes) == [tuple(m) for m in expected]
+    # Every route the handler's router has, and the catch-all for the JSON 404/405 answers.
     paths = sorted(r[1] for r in view["routes"])
-    assert paths == ["$default", "/health", "/model", "/predict"]
+    router = build_router(ServeSettings(), Logger(service="test"), Metrics(namespace="test"))
+    assert paths == sorted(["$default", *router.routes])
     for _, _, function, event_type, payload in view["routes"]:
         assert (function, event_type, payload) == ("PredictFunction", "HttpApi", "2.0")
 
@@ -321,6 +337,8 @@ def test_the_template_values_are_valid_settings(transformed: dict[str, Any]) -> 
     # The serve image copies the bundled model to ${LAMBDA_TASK_ROOT}/model/ = /var/task/model.
     assert "COPY model/ ${LAMBDA_TASK_ROOT}/model/" in (ROOT / "Dockerfile").read_text()
     assert serve.model_dir == Path("/var/task/model")
+    # The console's uploads go to the data bucket the retrain function ingests.
+    assert serve.data_bucket == stack.bucket_name("DataBucket")
     allowed = transformed["Parameters"]["RetrainBackend"]["AllowedValues"]
     for backend in allowed:
         stack = Stack(transformed, RetrainBackend=backend, SageMakerImageUri="an-image-uri")
@@ -357,6 +375,8 @@ def test_retrain_trigger_is_the_incoming_prefix_and_nothing_can_write_there(
             for statement in stack.statements(role):
                 if allows(statement, "s3:PutObject"):
                     for resource in as_list(statement["Resource"]):
+                        if role == "PredictFunctionRole" and resource == f"{incoming}*":
+                            continue  # it signs admins' presigned POSTs of training images
                         assert not overlaps(resource, incoming), f"{role} may write {resource}"
     # What the retrain code writes in the data bucket, by its own constants.
     written = (
@@ -365,25 +385,128 @@ def test_retrain_trigger_is_the_incoming_prefix_and_nothing_can_write_there(
         layout.REJECTED,
         layout.PENDING,
         layout.JOBS,
-        layout.LOCK_KEY,
+        layout.LOCKS,
     )
     for prefix in written:
         assert not (prefix.startswith(layout.INCOMING) or layout.INCOMING.startswith(prefix))
 
 
-def test_the_serving_role_can_only_read_the_model_prefix(transformed: dict[str, Any]) -> None:
-    stack = Stack(transformed)
-    model_bucket = f"arn:aws:s3:::{stack.bucket_name('ModelBucket')}"
-    role = stack.properties("PredictFunctionRole")
-    assert role["ManagedPolicyArns"] == [BASIC_EXECUTION_ROLE]  # its own logs, nothing else
+def serving_permissions(stack: Stack) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """PredictFunctionRole's S3 actions -> [(resource, condition)]."""
+    granted: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for statement in stack.statements("PredictFunctionRole"):
         assert statement["Effect"] == "Allow"
         for action in as_list(statement["Action"]):
-            resources = as_list(statement["Resource"])
-            if action == "s3:GetObject":
-                assert resources == [f"{model_bucket}/models/*"]
+            for resource in as_list(statement["Resource"]):
+                granted.setdefault(action, []).append((resource, statement.get("Condition", {})))
+    return granted
+
+
+def test_the_serving_role_reads_the_registry_and_writes_only_uploads_and_the_live_alias(
+    transformed: dict[str, Any],
+) -> None:
+    stack = Stack(transformed)
+    models = f"arn:aws:s3:::{stack.bucket_name('ModelBucket')}"
+    data = f"arn:aws:s3:::{stack.bucket_name('DataBucket')}"
+    role = stack.properties("PredictFunctionRole")
+    assert role["ManagedPolicyArns"] == [BASIC_EXECUTION_ROLE]  # its own logs, nothing else
+    granted = serving_permissions(stack)
+    assert set(granted) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}  # never a delete
+    writes = sorted(resource for resource, _ in granted["s3:PutObject"])
+    # Presigned POSTs (uploads/ for anyone who may predict, incoming/ for admins) and the live
+    # alias an admin's promote or rollback moves; a version's files never have that name, so
+    # published versions stay out of reach, and so does the training data.
+    assert writes == sorted(
+        [
+            f"{data}/{UPLOADS_PREFIX}*",
+            f"{data}/{layout.INCOMING}*",
+            f"{models}/models/*/aliases/live.json",
+        ]
+    )
+    for never in (layout.TRAIN, layout.TEST, layout.JOBS, layout.REJECTED):
+        assert not any(overlaps(w, f"{data}/{never}") for w in writes), never
+    for file in ("manifest.json", "model.tflite", "labels.json", "metrics.json", "model.keras"):
+        version_file = f"{models}/models/scene/versions/0001/{file}"
+        assert not any(fnmatch.fnmatchcase(version_file, w) for w in writes), file
+    reads = sorted(resource for resource, _ in granted["s3:GetObject"])
+    assert reads == sorted(
+        [f"{models}/models/*"]
+        + [f"{data}/{prefix}*" for prefix in (UPLOADS_PREFIX, layout.REJECTED, layout.JOBS)]
+    )
+    listings = dict(granted["s3:ListBucket"])
+    assert listings[models] == {}  # the bucket holds nothing but the registry
+    prefixes = listings[data]["StringLike"]["s3:prefix"]
+    assert sorted(prefixes) == sorted(
+        f"{p}*" for p in (layout.INCOMING, layout.REJECTED, layout.JOBS, layout.TRAIN, layout.TEST)
+    )
+
+
+def test_write_routes_always_need_an_admin_jwt_and_the_console_is_public(
+    transformed: dict[str, Any],
+) -> None:
+    issuer = {"JwtIssuer": "https://issuer.example", "JwtAudience": "console"}
+    for parameters in ({}, {"AuthType": "JWT", **issuer}, {"AuthType": "AWS_IAM"}, issuer):
+        stack = Stack(transformed, **parameters)
+        routes = {
+            stack.properties(name)["RouteKey"]: stack.properties(name)
+            for name, resource in stack.resources.items()
+            if resource["Type"] == "AWS::ApiGatewayV2::Route"
+        }
+        auth_type = stack.parameters["AuthType"]
+        for key, route in routes.items():
+            kind = route["AuthorizationType"]
+            if key in ADMIN_ROUTES:
+                if "JwtIssuer" in parameters:
+                    assert kind == "JWT", key
+                    assert route["AuthorizerId"] == "<JwtAuthorizer>"
+                    assert route["AuthorizationScopes"] == ["imgclf/admin"]
+                else:  # no identity provider: SigV4 only, never anonymous
+                    assert kind == "AWS_IAM" and "AuthorizationScopes" not in route, key
+            elif key in PUBLIC_ROUTES:
+                assert kind == "NONE" and "AuthorizerId" not in route, key
             else:
-                assert (action, resources) == ("s3:ListBucket", [model_bucket])
+                assert kind == auth_type and "AuthorizationScopes" not in route, key
+        assert set(ADMIN_ROUTES) | set(PUBLIC_ROUTES) <= set(routes)
+        assert stack.exists("JwtAuthorizer") == ("JwtIssuer" in parameters)
+    # The handler checks the same scope again (ADMIN_SCOPE), as the template sets it.
+    env = Stack(transformed, AdminScope="ops/admin").environment("PredictFunction")
+    assert ServeSettings.from_env(env).admin_scope == "ops/admin"
+
+
+def test_every_route_of_the_router_is_an_api_route(transformed: dict[str, Any]) -> None:
+    stack = Stack(transformed)
+    keys = {
+        stack.properties(name)["RouteKey"]
+        for name, resource in stack.resources.items()
+        if resource["Type"] == "AWS::ApiGatewayV2::Route"
+    }
+    router = build_router(ServeSettings(), Logger(service="test"), Metrics(namespace="test"))
+    served = {f"{method} {path}" for path, methods in router.routes.items() for method in methods}
+    assert keys == served | {"$default"}
+
+
+def test_the_data_bucket_takes_presigned_posts_from_the_console_and_expires_uploads(
+    transformed: dict[str, Any],
+) -> None:
+    api_origin = "https://<HttpApi>.execute-api.us-east-1.amazonaws.com"
+    for origins, expected in (("", [api_origin]), ("https://a.example,https://b.example", None)):
+        stack = Stack(transformed, UploadCorsOrigins=origins)
+        (rule,) = stack.properties("DataBucket")["CorsConfiguration"]["CorsRules"]
+        assert rule["AllowedMethods"] == ["POST"]  # presigned POSTs, nothing else
+        assert rule["AllowedOrigins"] == (expected or origins.split(","))
+        assert "*" not in rule["AllowedOrigins"]
+    rules = Stack(transformed).properties("DataBucket")["LifecycleConfiguration"]["Rules"]
+    (expiry,) = [r for r in rules if r.get("Prefix") == UPLOADS_PREFIX]
+    assert expiry["Status"] == "Enabled" and expiry["ExpirationInDays"] == 1
+    # Nothing else expires: uploads under incoming/ wait for ingestion, the data is kept.
+    assert all("ExpirationInDays" not in r for r in rules if r is not expiry)
+
+
+def test_the_api_answers_other_origins_only_when_asked(transformed: dict[str, Any]) -> None:
+    assert "CorsConfiguration" not in Stack(transformed).properties("HttpApi")
+    cors = Stack(transformed, ApiCorsOrigins="https://app.example").properties("HttpApi")
+    assert cors["CorsConfiguration"]["AllowOrigins"] == ["https://app.example"]
+    assert "authorization" in cors["CorsConfiguration"]["AllowHeaders"]
 
 
 def test_retrain_runs_one_at_a_time_and_keeps_failed_events(transformed: dict[str, Any]) -> None:

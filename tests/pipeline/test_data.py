@@ -1,4 +1,4 @@
-"""Data checks: the sample generator and the folder-per-class loader."""
+"""Data checks: the sample and photo generators and the folder-per-class loader."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 
 from helpers import encode, scene_image
+from imgclf.pipeline import photo_data
 from imgclf.pipeline.data import (
     DatasetError,
     class_names,
     find_splits,
     load_split,
+    source_name,
     stratified_split,
 )
 from imgclf.pipeline.sample_data import CLASSES, make_dataset
-from imgclf.preprocess import load_image
+from imgclf.preprocess import CENTER_CROP, load_image
 
 
 def _digest(root: Path) -> str:
@@ -111,3 +113,56 @@ def test_stratified_split_holds_out_each_class(sample_data: Path) -> None:
     assert all(n == 3 for n in val.counts().values())
     assert all(n == 9 for n in train.counts().values())
     assert not set(map(str, train.files)) & set(map(str, val.files))
+
+
+# ---- the real-photo dataset (imgclf.pipeline.photo_data) ---------------------------------------
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    photo_data.make_dataset(root, train_per_class=12, test_per_class=4, seed=0)
+    return root
+
+
+def test_every_photo_class_has_crops_in_both_splits(photos: Path) -> None:
+    train, test = find_splits(photos)
+    assert class_names(train) == class_names(test) == list(photo_data.CLASSES)
+    for split, per_class in ((train, 12), (test, 4)):
+        for name in photo_data.CLASSES:
+            assert len(list((split / name).glob("*.jpg"))) == per_class, (split, name)
+
+
+def test_no_source_photo_feeds_both_splits(photos: Path) -> None:
+    train, test = find_splits(photos)
+    train_sources = {source_name(p) for p in train.rglob("*.jpg")}
+    test_sources = {source_name(p) for p in test.rglob("*.jpg")}
+    assert not train_sources & test_sources
+    assert train_sources | test_sources == {s.name for s in photo_data.SOURCES}
+    for label in photo_data.CLASSES:  # at least five photos per class, two of them for testing
+        photos_of_class = {s.name for s in photo_data.SOURCES if s.label == label}
+        assert len(photos_of_class) >= 5 and len(photos_of_class & test_sources) == 2
+
+
+def test_every_photo_crop_decodes(photos: Path) -> None:
+    for path in sorted(photos.rglob("*.jpg")):
+        assert load_image(path.read_bytes(), 224, 224, framing=CENTER_CROP).shape == (224, 224, 3)
+
+
+def test_photo_data_is_deterministic(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        photo_data.make_dataset(tmp_path / name, 4, 2, seed=3)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
+def test_photo_data_replaces_only_a_dataset_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / "train" / "mine").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="not a photo dataset"):
+        photo_data.make_dataset(tmp_path, 4, 2, seed=0)
+    assert (tmp_path / "train" / "mine").is_dir()
+
+
+def test_validation_by_source_holds_out_whole_photos(photos: Path) -> None:
+    data = load_split(find_splits(photos)[0], 32, 32)
+    train, val = stratified_split(data, 0.2, seed=0, by_source=True)
+    assert not {source_name(p) for p in train.files} & {source_name(p) for p in val.files}
+    # one of the three or four training photos of each class
+    assert {source_name(p) for p in val.files} and all(n > 0 for n in val.counts().values())

@@ -17,22 +17,24 @@ from typing import Any
 import pytest
 
 import retrain_handler
-from helpers import encode, load_event, scene_image, upload
+from helpers import ROOT, encode, load_event, scene_image, upload
 from imgclf import layout
 from imgclf.layout import PENDING, TEST
 from imgclf.local.context import LambdaContext
 from imgclf.pipeline.sample_data import CLASSES
-from imgclf.registry import open_registry
-from imgclf.retrain.ingest import seed_data, seed_split, uploads_from_event
+from imgclf.registry import Registry, list_models, open_registry
+from imgclf.retrain.ingest import seed_data, seed_split, split_of, uploads_from_event
 from imgclf.settings import RetrainSettings
-from imgclf.storage import Store
+from imgclf.storage import Store, open_store
+
+MODEL = "scene"
 
 
 @pytest.fixture
 def bucket(new_bucket: Any, sample_data: Path) -> str:
     """A data bucket with the sample test split (which defines the known classes)."""
     name = new_bucket("data")
-    assert seed_split(layout.data_store(name), sample_data / "seg_test", TEST) == 24
+    assert seed_split(layout.data_store(name), sample_data / "seg_test", TEST, MODEL) == 24
     return name
 
 
@@ -47,14 +49,25 @@ def settings_for(bucket: str, **changes: Any) -> RetrainSettings:
 
 
 def handle(event: dict[str, Any], settings: RetrainSettings, tmp_path: Path) -> dict[str, Any]:
+    """The retrain handler over the bucket, with a registry that serves the scene model."""
     store = layout.data_store(settings.data_bucket)
-    registry = open_registry(str(tmp_path / "registry"), "scene")
+    registry_store = open_store(str(tmp_path / "registry"))
+    if MODEL not in list_models(registry_store):
+        registry = Registry(registry_store, MODEL)
+        registry.promote(registry.publish(ROOT / "model" / MODEL))
     context = LambdaContext("RetrainFunction", 900)
-    return retrain_handler.handle(event, context, store, registry, settings)
+    return retrain_handler.handle(event, context, store, registry_store, settings)
 
 
 def keys(store: Store, prefix: str) -> list[str]:
     return list(store.list(prefix))
+
+
+def data_keys(store: Store, class_name: str, model: str = MODEL) -> list[str]:
+    """A class's images in both splits (an image's hash decides which)."""
+    return [
+        k for split in ("train/", "test/") for k in keys(store, f"{split}{model}/{class_name}/")
+    ]
 
 
 def rejections(store: Store) -> list[dict[str, Any]]:
@@ -66,7 +79,7 @@ def test_events_pick_uploads_and_decode_keys() -> None:
     put, bucket = load_event("s3_put"), "imgclf-data"
     # sam encodes a space as %20, S3 itself as '+': both decode to the same key
     plus = copy.deepcopy(put)
-    plus["Records"][0]["s3"]["object"]["key"] = "incoming/forest/my+photo+%281%29.jpg"
+    plus["Records"][0]["s3"]["object"]["key"] = "incoming/scene/forest/my+photo+%281%29.jpg"
     outside = copy.deepcopy(put)
     outside["Records"][0]["s3"]["object"]["key"] = "train/forest/x.jpg"
     foreign = copy.deepcopy(put)
@@ -83,8 +96,8 @@ def test_events_pick_uploads_and_decode_keys() -> None:
     }
     uploads, ignored = uploads_from_event(event, bucket)
     assert [u.key for u in uploads] == [
-        "incoming/forest/my photo (1).jpg",
-        "incoming/_retrain/request.json",
+        "incoming/scene/forest/my photo (1).jpg",
+        "incoming/_retrain/scene.json",
     ]
     assert len(ignored) == 3
     assert uploads_from_event(load_event("s3_test_event"), bucket) == ([], ["s3:TestEvent"])
@@ -95,26 +108,27 @@ def test_an_upload_is_stored_once(bucket: str, store: Store, tmp_path: Path) -> 
     settings = settings_for(bucket)
     data = encode(scene_image("forest", seed=5))
     # WHEN an image with a name that needs URL encoding is uploaded
-    event = upload(bucket, "incoming/forest/my photo (1).jpg", data)
+    event = upload(bucket, "incoming/scene/forest/my photo (1).jpg", data)
     answer = handle(event, settings, tmp_path)
     # THEN it is stored under its content hash, counted as new, and the upload is gone
-    assert answer["uploads"][0]["stored"] == 1
-    new = [k for k in keys(store, "train/forest/") if store.get(k).data == data]
+    assert answer["uploads"][0]["stored"] == 1 and answer["uploads"][0]["model"] == MODEL
+    new = [k for k in data_keys(store, "forest") if store.get(k).data == data]
     assert len(new) == 1 and new[0].endswith(".jpg")
-    assert keys(store, PENDING) == [PENDING + new[0][len("train/") :]]
+    assert new[0].startswith(split_of(data))
+    assert keys(store, PENDING) == [PENDING + new[0].split("/", 1)[1]]
     assert keys(store, "incoming/") == []
     # WHEN the same event is delivered again, and the same bytes are uploaded under another name
     assert handle(event, settings, tmp_path)["uploads"][0]["skipped"]
-    again = handle(upload(bucket, "incoming/forest/copy.jpg", data), settings, tmp_path)
+    again = handle(upload(bucket, "incoming/scene/forest/copy.jpg", data), settings, tmp_path)
     # THEN nothing is added
     assert again["uploads"][0]["duplicates"] == 1
-    assert len(keys(store, "train/forest/")) == 1 and len(keys(store, PENDING)) == 1
+    assert len(new) == 1 and len(keys(store, PENDING)) == 1
     assert keys(store, "incoming/") == [] and rejections(store) == []
 
 
 def test_the_real_format_names_the_file(bucket: str, store: Store, tmp_path: Path) -> None:
     png = encode(scene_image("sea", seed=9), "PNG")
-    handle(upload(bucket, "incoming/sea/photo.jpg", png), settings_for(bucket), tmp_path)
+    handle(upload(bucket, "incoming/scene/sea/photo.jpg", png), settings_for(bucket), tmp_path)
     assert [k for k in keys(store, PENDING)][0].endswith(".png")
 
 
@@ -131,10 +145,12 @@ def test_the_real_format_names_the_file(bucket: str, store: Store, tmp_path: Pat
 def test_a_bad_image_is_rejected_with_a_reason(
     bucket: str, store: Store, tmp_path: Path, data: bytes, code: str
 ) -> None:
-    answer = handle(upload(bucket, "incoming/forest/bad.jpg", data), settings_for(bucket), tmp_path)
+    answer = handle(
+        upload(bucket, "incoming/scene/forest/bad.jpg", data), settings_for(bucket), tmp_path
+    )
     assert answer["uploads"][0]["stored"] == 0
     [record] = rejections(store)
-    assert record["key"] == "incoming/forest/bad.jpg" and record["code"] == code
+    assert record["key"] == "incoming/scene/forest/bad.jpg" and record["code"] == code
     assert record["reason"] and record["time"]
     assert keys(store, "incoming/") == [] and keys(store, PENDING) == []
 
@@ -142,9 +158,9 @@ def test_a_bad_image_is_rejected_with_a_reason(
 def test_classes(bucket: str, store: Store, tmp_path: Path) -> None:
     data = encode(scene_image("forest", seed=3))
     # GIVEN new classes refused (the default)
-    handle(upload(bucket, "incoming/desert/a.jpg", data), settings_for(bucket), tmp_path)
-    handle(upload(bucket, "incoming/Forest/a.jpg", data), settings_for(bucket), tmp_path)
-    handle(upload(bucket, "incoming/a.jpg", data), settings_for(bucket), tmp_path)
+    handle(upload(bucket, "incoming/scene/desert/a.jpg", data), settings_for(bucket), tmp_path)
+    handle(upload(bucket, "incoming/scene/Forest/a.jpg", data), settings_for(bucket), tmp_path)
+    handle(upload(bucket, "incoming/scene/a.jpg", data), settings_for(bucket), tmp_path)
     codes = sorted(r["code"] for r in rejections(store))
     assert codes == ["invalid_class", "no_class", "unknown_class"]
     assert "RETRAIN_ALLOW_NEW_CLASSES" in next(
@@ -152,13 +168,13 @@ def test_classes(bucket: str, store: Store, tmp_path: Path) -> None:
     )
     # WHEN new classes are allowed
     allowed = settings_for(bucket, allow_new_classes=True)
-    handle(upload(bucket, "incoming/desert/a.jpg", data), allowed, tmp_path)
-    assert len(keys(store, "train/desert/")) == 1
+    handle(upload(bucket, "incoming/scene/desert/a.jpg", data), allowed, tmp_path)
+    assert len(data_keys(store, "desert")) == 1
 
 
 def test_every_record_of_an_event_is_handled(bucket: str, store: Store, tmp_path: Path) -> None:
     events = [
-        upload(bucket, f"incoming/{c}/{i}.jpg", encode(scene_image(c, seed=100 + i)))
+        upload(bucket, f"incoming/scene/{c}/{i}.jpg", encode(scene_image(c, seed=100 + i)))
         for i, c in enumerate(("sea", "street", "glacier"))
     ]
     event = {"Records": [r for e in events for r in e["Records"]] * 2}  # and each one twice
@@ -169,32 +185,32 @@ def test_every_record_of_an_event_is_handled(bucket: str, store: Store, tmp_path
 
 def test_out_of_order_deliveries(bucket: str, store: Store, tmp_path: Path) -> None:
     # GIVEN a key uploaded twice before its events arrive, newest event first
-    first = upload(bucket, "incoming/sea/x.jpg", encode(scene_image("sea", seed=1)))
+    first = upload(bucket, "incoming/scene/sea/x.jpg", encode(scene_image("sea", seed=1)))
     newest_data = encode(scene_image("sea", seed=2))
-    second = upload(bucket, "incoming/sea/x.jpg", newest_data)
+    second = upload(bucket, "incoming/scene/sea/x.jpg", newest_data)
     handle(second, settings_for(bucket), tmp_path)
     handle(first, settings_for(bucket), tmp_path)
     # THEN the content S3 holds is stored once, and the stale event changes nothing
     [marker] = keys(store, PENDING)
-    assert store.get("train/" + marker[len(PENDING) :]).data == newest_data
+    assert store.get(split_of(newest_data) + marker[len(PENDING) :]).data == newest_data
     assert keys(store, "incoming/") == []
 
 
 def test_too_large_an_upload_is_rejected_unread(bucket: str, store: Store, tmp_path: Path) -> None:
-    event = upload(bucket, "incoming/sea/huge.jpg", encode(scene_image("sea")))
+    event = upload(bucket, "incoming/scene/sea/huge.jpg", encode(scene_image("sea")))
     handle(event, settings_for(bucket, max_upload_bytes=1000), tmp_path)
     [record] = rejections(store)
     assert record["code"] == "too_large"
     # never read, so never stored; left where it is for whoever uploaded it
     assert keys(store, "train/") == []
-    assert keys(store, "incoming/") == ["incoming/sea/huge.jpg"]
+    assert keys(store, "incoming/") == ["incoming/scene/sea/huge.jpg"]
 
 
 def test_seeding_is_idempotent(new_bucket: Any, sample_data: Path) -> None:
     store = layout.data_store(new_bucket("data"))
-    assert seed_data(store, sample_data) == {"train": 72, "test": 24}
-    assert seed_data(store, sample_data) == {"train": 72, "test": 24}
-    assert len(keys(store, "")) == 96 and store.list_folders("test/") == sorted(CLASSES)
+    assert seed_data(store, sample_data, MODEL) == {"train": 72, "test": 24}
+    assert seed_data(store, sample_data, MODEL) == {"train": 72, "test": 24}
+    assert len(keys(store, "")) == 96 and store.list_folders("test/scene/") == sorted(CLASSES)
 
 
 # ---- archives ------------------------------------------------------------------------------------
@@ -222,7 +238,7 @@ def test_a_zip_of_class_folders(bucket: str, store: Store, tmp_path: Path) -> No
         "forest/broken.jpg": b"\xff\xd8\xff garbage",
         "desert/d.jpg": encode(scene_image("forest", seed=17)),
     }
-    event = upload(bucket, "incoming/batch 1.zip", make_zip({**good, **bad}))
+    event = upload(bucket, "incoming/scene/batch 1.zip", make_zip({**good, **bad}))
     answer = handle(event, settings_for(bucket), tmp_path)
     # THEN the good entries are stored, every bad one has its reason, nothing lands elsewhere
     assert answer["uploads"][0]["stored"] == 3
@@ -243,14 +259,16 @@ def test_a_zip_of_class_folders(bucket: str, store: Store, tmp_path: Path) -> No
     # a redelivery adds nothing (the archive is gone) and a re-upload only duplicates
     handle(event, settings_for(bucket), tmp_path)
     again = handle(
-        upload(bucket, "incoming/again.zip", make_zip(good)), settings_for(bucket), tmp_path
+        upload(bucket, "incoming/scene/again.zip", make_zip(good)), settings_for(bucket), tmp_path
     )
     assert again["uploads"][0]["duplicates"] == 3 and len(keys(store, "")) == len(all_keys)
 
 
 def test_a_file_that_is_not_a_zip(bucket: str, store: Store, tmp_path: Path) -> None:
     handle(
-        upload(bucket, "incoming/x.zip", b"PK\x03\x04 not really"), settings_for(bucket), tmp_path
+        upload(bucket, "incoming/scene/x.zip", b"PK\x03\x04 not really"),
+        settings_for(bucket),
+        tmp_path,
     )
     assert [r["code"] for r in rejections(store)] == ["invalid_archive"]
 
@@ -263,9 +281,52 @@ def test_lambda_handler(
     monkeypatch.setenv("MODEL_REGISTRY_URI", str(tmp_path / "registry"))
     monkeypatch.setenv("RETRAIN_MIN_NEW_IMAGES", "1000")
     handler = importlib.reload(retrain_handler)
-    event = upload(bucket, "incoming/glacier/a b.jpg", encode(scene_image("glacier", seed=8)))
+    event = upload(bucket, "incoming/scene/glacier/a b.jpg", encode(scene_image("glacier", seed=8)))
     answer = handler.lambda_handler(event, LambdaContext("RetrainFunction", 900))
-    assert answer["uploads"][0]["stored"] == 1 and "job" not in answer
+    assert answer["uploads"][0]["stored"] == 1 and "jobs" not in answer
     assert handler.lambda_handler(
         load_event("s3_test_event"), LambdaContext("RetrainFunction", 900)
     )["ignored"] == ["s3:TestEvent"]
+
+
+# ---- models --------------------------------------------------------------------------------------
+def test_a_first_upload_starts_a_model_with_a_stable_held_out_split(
+    bucket: str, store: Store, tmp_path: Path
+) -> None:
+    # GIVEN a model name nobody has used, WHEN twenty images of two classes are uploaded
+    images = {
+        f"{c}-{i}": encode(scene_image(c, seed=300 + i))
+        for c in ("sea", "street")
+        for i in range(10)
+    }
+    for name, data in images.items():
+        label = name.split("-")[0]
+        handle(
+            upload(bucket, f"incoming/my-dogs/{label}/{name}.jpg", data),
+            settings_for(bucket),
+            tmp_path,
+        )
+    # THEN every image is stored under the new model, in the split its content decides
+    stored = keys(store, "train/my-dogs/") + keys(store, "test/my-dogs/")
+    assert len(stored) == 20 and rejections(store) == []
+    for data in images.values():
+        [key] = [k for k in stored if store.get(k).data == data]
+        assert key.startswith(split_of(data) + "my-dogs/")
+    assert {k.split("/")[0] for k in stored} == {"train", "test"}  # 20 images: both splits used
+    assert len(keys(store, f"{PENDING}my-dogs/")) == 20
+
+
+def test_a_served_model_with_no_training_data_takes_no_uploads(
+    bucket: str, store: Store, tmp_path: Path
+) -> None:
+    # GIVEN the registry serves a pretrained model that was not trained from this bucket
+    registry = open_registry(str(tmp_path / "registry"), "imagenet")
+    registry.promote(registry.publish(ROOT / "model" / "scene"))
+    data = encode(scene_image("sea", seed=4))
+    answer = handle(
+        upload(bucket, "incoming/imagenet/tabby/a.jpg", data), settings_for(bucket), tmp_path
+    )
+    assert answer["uploads"][0]["stored"] == 0
+    assert [r["code"] for r in rejections(store)] == ["model_not_trainable"]
+    handle(upload(bucket, "incoming/_bad/a/b.jpg", data), settings_for(bucket), tmp_path)
+    assert sorted(r["code"] for r in rejections(store)) == ["invalid_model", "model_not_trainable"]

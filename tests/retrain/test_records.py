@@ -14,6 +14,8 @@ from imgclf import layout
 from imgclf.retrain.lock import acquire_lock
 from imgclf.retrain.records import JobRecord, JobStatus, list_jobs, read_job, write_job
 
+MODEL = "scene"
+
 
 def test_a_record_round_trips_with_its_status_typed(new_bucket: Callable[[str], str]) -> None:
     store = layout.data_store(new_bucket("data"))
@@ -45,18 +47,27 @@ def test_the_jobs_command_says_what_is_pending_and_when_a_job_starts(
     store = layout.data_store(bucket)
     # GIVEN no job yet and 3 new images
     for i in range(3):
-        store.put(f"{layout.PENDING}sea/{i}.jpg", b"")
+        store.put(f"{layout.PENDING}scene/sea/{i}.jpg", b"")
     out = jobs_cli(bucket, "list", RETRAIN_MIN_NEW_IMAGES="5").stdout
     # THEN it prints its header, says there is no job, and counts what is pending
-    assert out.splitlines()[0].split() == ["job", "status", "backend", "version", "outcome"]
+    assert out.splitlines()[0].split() == [
+        "job",
+        "model",
+        "status",
+        "backend",
+        "version",
+        "outcome",
+    ]
     assert "(no training job yet)" in out
-    assert "3 of 5 new images pending; a job starts at 5" in out
+    assert "scene: 3 of 5 new images pending; a job starts at 5" in out
     # WHEN a job holds the lock, THEN the next one waits for it
-    write_job(store, JobRecord(id="20260101T000000Z-bbbb", status=JobStatus.RUNNING, stage="train"))
-    acquire_lock(store, "20260101T000000Z-bbbb", ttl=60)
+    running = JobRecord(id="20260101T000000Z-bbbb", status=JobStatus.RUNNING, model=MODEL)
+    write_job(store, running, stage="train")
+    acquire_lock(store, MODEL, "20260101T000000Z-bbbb", ttl=60)
     out = jobs_cli(bucket, "list", RETRAIN_MIN_NEW_IMAGES="5").stdout
-    assert out.splitlines()[1].split() == ["20260101T000000Z-bbbb", "running", "-", "train"]
+    assert out.splitlines()[1].split() == ["20260101T000000Z-bbbb", MODEL, "running", "-", "train"]
     assert "job 20260101T000000Z-bbbb is running" in out
     # AND a request is an object under incoming/_retrain/
-    assert "incoming/_retrain/" in jobs_cli(bucket, "request", "--mode", "full").stdout
+    requested = jobs_cli(bucket, "request", "--model", MODEL, "--mode", "full").stdout
+    assert f"incoming/_retrain/{MODEL}.json" in requested
     assert len(list(store.list(layout.TRIGGER_PREFIX))) == 1

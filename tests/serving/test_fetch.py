@@ -115,6 +115,11 @@ def refused_urls(port: int) -> list[str]:
         f"http://[fc00::1]:{port}/",
         f"http://[64:ff9b::7f00:1]:{port}/",  # NAT64 of 127.0.0.1
         f"http://[2002:7f00:1::]:{port}/",  # 6to4 of 127.0.0.1
+        # A trailing dot (an absolute name): the resolver does not take it off an address.
+        f"http://127.0.0.1.:{port}/",
+        f"http://2130706433.:{port}/",
+        f"http://localhost.:{port}/",
+        f"http://169.254.169.254.:{port}/latest/meta-data/",
     ]
 
 
@@ -146,6 +151,8 @@ def test_internal_addresses_are_refused_and_never_connected(listener: Listener) 
         "http://example.com:99999/",
         "http://example.com/a.jpg\r\nX-Injected: 1",
         "http://example.com/a b.jpg",
+        "http://./x.jpg",
+        "http://127.0.0.1../x.jpg",
         "",
     ],
 )
@@ -211,6 +218,18 @@ def test_fetches_the_body_with_the_original_host_header(
     port = origin.server_address[1]
     assert dev_fetcher.fetch(url(origin, "/image?size=1", "localhost")) == FETCH_BODY
     assert origin.seen[-1] == ("/image?size=1", f"localhost:{port}")
+
+
+def test_a_trailing_dot_names_the_same_host(
+    origin: ThreadingHTTPServer, dev_fetcher: UrlFetcher
+) -> None:
+    # GIVEN hosts written as absolute names, an address and a name
+    port = origin.server_address[1]
+    for host in ("127.0.0.1.", "localhost."):
+        # WHEN fetched (with the policy that allows loopback)
+        assert dev_fetcher.fetch(url(origin, "/image", host)) == FETCH_BODY
+        # THEN the origin sees the host without the dot
+        assert origin.seen[-1] == ("/image", f"{host.rstrip('.')}:{port}")
 
 
 def test_follows_a_few_redirects(origin: ThreadingHTTPServer, dev_fetcher: UrlFetcher) -> None:

@@ -25,7 +25,7 @@ from imgclf import registry
 from imgclf.errors import ModelUnavailable, NotFound
 from imgclf.serving.app import build_router
 from imgclf.serving.http import Router
-from imgclf.serving.model_holder import ModelHolder
+from imgclf.serving.model_holder import ModelCatalog, ModelHolder
 from imgclf.settings import PROJECT_ROOT, ServeSettings
 
 NAME = "scene"
@@ -37,7 +37,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     reg = registry.open_registry(str(root), NAME)
     for _ in range(3):
-        reg.publish(PROJECT_ROOT / "model")
+        reg.publish(PROJECT_ROOT / "model" / "scene")
     return root
 
 
@@ -182,7 +182,8 @@ def test_no_live_alias_is_503_until_one_is_set(root: Path) -> None:
 def registry_router(root: Path) -> Iterator[Router]:
     """The predict function's router over a holder that follows the test's registry."""
     s = make_holder(root, live="0003")
-    yield build_router(s.settings, lambda_func.logger, lambda_func.metrics, models=s.holder)
+    models = ModelCatalog(s.settings, lambda_func.logger)
+    yield build_router(s.settings, lambda_func.logger, lambda_func.metrics, models=models)
 
 
 def test_the_handler_serves_the_registry_and_pinned_versions(registry_router: Router) -> None:

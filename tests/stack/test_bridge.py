@@ -25,7 +25,7 @@ HANDLER = textwrap.dedent(
 
     def lambda_handler(event, context):
         CALLS.append((event, context.function_name, context.get_remaining_time_in_millis()))
-        if event["Records"][0]["s3"]["object"]["key"].startswith("incoming/bad"):
+        if event["Records"][0]["s3"]["object"]["key"].startswith("incoming/scene/bad"):
             raise RuntimeError("this upload always fails")
         return {"ok": True}
     """
@@ -90,7 +90,7 @@ def test_an_s3_event_is_handed_to_the_handler_then_deleted(
     queues: tuple[str, str], handler_calls: Callable[[], list[Any]]
 ) -> None:
     calls = handler_calls
-    event = s3_put_event("imgclf-data", "incoming/forest/a.jpg", '"0123"', 10)
+    event = s3_put_event("imgclf-data", "incoming/scene/forest/a.jpg", '"0123"', 10)
     send(queues[0], event)
     wait_until(lambda: len(calls()) == 1 and messages_in(queues[0]) == 0)
     received, function_name, remaining_ms = calls()[0]
@@ -112,7 +112,7 @@ def test_a_failing_event_is_tried_three_times_then_kept_in_the_failure_queue(
 ) -> None:
     # GIVEN an upload the handler always fails on
     calls = handler_calls
-    event = s3_put_event("imgclf-data", "incoming/bad/b.jpg", '"4567"', 10)
+    event = s3_put_event("imgclf-data", "incoming/scene/bad/b.jpg", '"4567"', 10)
     # WHEN its event arrives
     send(queues[0], event)
     # THEN it is tried MAX_ATTEMPTS times, then moved, intact, to the failure queue

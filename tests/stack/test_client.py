@@ -12,6 +12,9 @@ import boto3
 import pytest
 
 from helpers import ROOT, RunningStack
+from imgclf.settings import ServeSettings
+
+DEFAULT = ServeSettings().model_name
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +45,8 @@ def shown_labels(stdout: str) -> list[str]:
 def test_a_file_prints_the_top_k_table(local_stack: RunningStack, sample_data: Path) -> None:
     done = run_client("--url", local_stack.api_url, "--file", str(an_image(sample_data)))
     assert done.returncode == 0, done.stderr
-    assert "model scene v0001" in done.stdout
-    labels = json.loads((ROOT / "model" / "labels.json").read_text())
+    assert f"model {DEFAULT} v0001" in done.stdout
+    labels = json.loads((ROOT / "model" / DEFAULT / "labels.json").read_text())
     shown = shown_labels(done.stdout)
     assert len(shown) == 3 and set(shown) <= set(labels)
 
@@ -99,4 +102,28 @@ def test_the_url_comes_from_the_stack_outputs(local_stack: RunningStack, sample_
     )
     # THEN it finds the API and classifies the image
     assert done.returncode == 0, done.stderr
-    assert "model scene v0001" in done.stdout
+    assert f"model {DEFAULT} v0001" in done.stdout
+
+
+def test_stack_without_aws_settings_is_one_clear_line(tmp_path: Path) -> None:
+    # GIVEN no region and no credentials anywhere (not even a config file)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not used")
+    done = subprocess.run(
+        [sys.executable, "test.py", "--stack", "imgclf", "--file", str(image)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # THEN it says what to set, in one line, with no traceback
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "AWS_DEFAULT_REGION" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -34,7 +34,7 @@ SERVE_SLACK_SECONDS = 3.0
 
 @dataclass
 class Hammer:
-    """A client sending /predict requests in a loop; remembers every answer."""
+    """A client sending the scene model's predict requests in a loop; remembers every answer."""
 
     url: str
     image: bytes
@@ -47,7 +47,7 @@ class Hammer:
             while not self.stop.is_set():
                 try:
                     r = session.post(
-                        f"{self.url}/predict",
+                        f"{self.url}/models/scene/predict",
                         data=self.image,
                         headers={"content-type": "image/jpeg"},
                         timeout=30,
@@ -72,6 +72,12 @@ class Hammer:
 
     def versions_since(self, since: float) -> set[str]:
         return {v for t, _, v in list(self.answers) if t >= since}
+
+    def last_served(self, version: str, after: float) -> float:
+        """When the last answer from ``version`` came, after ``after`` (``after`` if none)."""
+        return max(
+            (t for t, _, v in list(self.answers) if v == version and t >= after), default=after
+        )
 
 
 @pytest.fixture
@@ -116,7 +122,7 @@ def test_uploads_retrain_and_serve_a_new_version(stack: RunningStack) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "imgclf.registry", *args],
+            [sys.executable, "-m", "imgclf.registry", "--name", "scene", *args],
             cwd=ROOT,
             env=cli_env,
             capture_output=True,
@@ -133,7 +139,9 @@ def test_uploads_retrain_and_serve_a_new_version(stack: RunningStack) -> None:
         uploaded = time.monotonic()
         for i, label in enumerate(CLASSES):
             data = encode(scene_image(label, seed=900 + i))
-            s3.put_object(Bucket="imgclf-data", Key=f"incoming/{label}/upload {i}.jpg", Body=data)
+            s3.put_object(
+                Bucket="imgclf-data", Key=f"incoming/scene/{label}/upload {i}.jpg", Body=data
+            )
         # THEN a job publishes 0002 and moves live, and the gateway serves it within the interval
         published = wait_until(
             lambda: registry.read_live()[0]["version"] == "0002", 300, "version 0002 to go live"
@@ -157,6 +165,11 @@ def test_uploads_retrain_and_serve_a_new_version(stack: RunningStack) -> None:
         hammer.first_served("0001", after=back)
         settled = time.monotonic() + REFRESH_SECONDS + SERVE_SLACK_SECONDS
         wait_until(lambda: time.monotonic() > settled, 30, "the workers to settle")
+        # AND no worker answered with the old version longer than the refresh interval (plus the
+        # time a request takes to reach each worker) after the alias moved back
+        assert (
+            hammer.last_served("0002", after=back) - back <= REFRESH_SECONDS + SERVE_SLACK_SECONDS
+        )
 
         # WHEN 0002's model file is corrupted in the bucket and the alias is forced onto it
         key = "models/scene/versions/0002/model.tflite"
@@ -176,6 +189,9 @@ def test_uploads_retrain_and_serve_a_new_version(stack: RunningStack) -> None:
         wait_until(lambda: time.monotonic() > later, 30, "three refresh intervals")
         assert hammer.versions_since(forced) == {"0001"}
         assert "model refresh failed" in stack.log()
+        # AND /health says which model failed its refresh and what it kept serving
+        problems = requests.get(f"{stack.api_url}/health", timeout=10).json()["problems"]
+        assert "serving 0001" in problems["scene"] and "sha256" in problems["scene"]
     finally:
         hammer.stop.set()
         thread.join()

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,9 +21,13 @@ import pytest
 import requests
 
 from helpers import ROOT, RunningStack, encode, scene_image, start_stack
+from imgclf.retrain.ingest import split_of
+from imgclf.settings import ServeSettings
 
 pytestmark = pytest.mark.slow
-BUNDLED = ROOT / "model"
+# The default model, which POST /predict answers with.
+DEFAULT = ServeSettings().model_name
+BUNDLED = ROOT / "model" / DEFAULT
 
 
 def labels() -> list[str]:
@@ -43,7 +48,7 @@ def assert_predictions(answer: requests.Response) -> dict[str, Any]:
     assert predictions and {p["label"] for p in predictions} <= set(labels())
     scores = [p["score"] for p in predictions]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
-    assert body["model"] == {"name": "scene", "version": "0001"}
+    assert body["model"] == {"name": DEFAULT, "version": "0001"}
     return body
 
 
@@ -118,10 +123,10 @@ def test_the_same_image_gets_the_same_answer_by_every_route(
 def test_health_and_model_describe_the_seeded_version(local_stack: RunningStack) -> None:
     health = requests.get(f"{local_stack.api_url}/health")
     assert health.status_code == 200
-    assert health.json()["model"] == {"name": "scene", "version": "0001"}
+    assert health.json()["model"] == {"name": DEFAULT, "version": "0001"}
     model = requests.get(f"{local_stack.api_url}/model").json()
     manifest = json.loads((BUNDLED / "manifest.json").read_text())
-    assert model["model"] == {"name": "scene", "version": "0001"}
+    assert model["model"] == {"name": DEFAULT, "version": "0001"}
     assert model["classes"] == labels()
     assert model["sha256"] == manifest["sha256"]
 
@@ -163,16 +168,15 @@ def test_an_upload_to_incoming_reaches_the_retrain_handler(local_stack: RunningS
     # GIVEN a new labelled image
     data = encode(scene_image("forest", seed=77))
     s3 = aws_client(local_stack, "s3")
-    # WHEN it is uploaded to incoming/<class>/ with boto3
-    s3.put_object(Bucket="imgclf-data", Key="incoming/forest/upload test.jpg", Body=data)
+    # WHEN it is uploaded to incoming/<model>/<class>/ with boto3
+    key = "incoming/scene/forest/upload test.jpg"
+    s3.put_object(Bucket="imgclf-data", Key=key, Body=data)
     # THEN the bridge invokes the retrain handler with the S3 event, and the handler returns
-    start = wait_for_line(
-        local_stack, "START RequestId: ", "keys=['incoming/forest/upload test.jpg']"
-    )
+    start = wait_for_line(local_stack, "START RequestId: ", f"keys=['{key}']")
     request_id = start.split("START RequestId: ")[1].split()[0]
     wait_for_line(local_stack, f"REPORT RequestId: {request_id}")
     # AND the handler ingested the image under its content hash and emptied incoming/
-    stored = f"train/forest/{hashlib.sha256(data).hexdigest()}.jpg"
+    stored = f"{split_of(data)}scene/forest/{hashlib.sha256(data).hexdigest()}.jpg"
     assert s3.list_objects_v2(Bucket="imgclf-data", Prefix=stored)["KeyCount"] == 1
     assert s3.list_objects_v2(Bucket="imgclf-data", Prefix="incoming/")["KeyCount"] == 0
 
@@ -203,3 +207,82 @@ def test_ctrl_c_stops_every_process_of_the_stack(sample_data: Path, tmp_path: Pa
     assert alive == []
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{stack.api_url}/health", timeout=2)
+
+
+def test_a_killed_stack_leaves_no_process_or_port_and_starts_again(
+    sample_data: Path, tmp_path: Path
+) -> None:
+    # GIVEN a running stack
+    stack = start_stack(tmp_path / "stack.log", sample_data, workers=2)
+    children = psutil.Process(stack.process.pid).children(recursive=True)
+    assert len(children) >= 4
+    # WHEN the stack's own process is killed outright (no chance to stop its children)
+    stack.process.kill()
+    stack.process.wait(10)
+    # THEN every process it started is gone within seconds, and nothing listens on its ports
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], alive
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{stack.api_url}/health", timeout=2)
+    # AND a new stack starts cleanly and answers
+    again = start_stack(tmp_path / "again.log", sample_data, workers=1)
+    try:
+        assert requests.get(f"{again.api_url}/health", timeout=10).status_code == 200
+    finally:
+        assert again.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_worker_killed_during_a_burst_costs_at_most_the_request_it_held(
+    sample_data: Path, tmp_path: Path
+) -> None:
+    # GIVEN a stack with two execution environments, and a burst of requests from 4 clients
+    stack = start_stack(tmp_path / "stack.log", sample_data, workers=2)
+    try:
+        master = next(
+            p
+            for p in psutil.Process(stack.process.pid).children()
+            if "imgclf.local.gateway" in " ".join(p.cmdline())
+        )
+        workers = master.children()
+        assert len(workers) == 2
+        image = encode(scene_image("sea", seed=5))
+        outcomes: list[int | str] = []
+
+        def client(count: int) -> None:
+            with requests.Session() as session:
+                for _ in range(count):
+                    try:
+                        r = session.post(
+                            f"{stack.api_url}/predict",
+                            data=image,
+                            headers={"content-type": "image/jpeg"},
+                            timeout=30,
+                        )
+                        outcomes.append(r.status_code)
+                    except requests.RequestException as exc:
+                        outcomes.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=client, args=(60,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        # WHEN one execution environment is killed in the middle of it
+        while len(outcomes) < 40:
+            time.sleep(0.01)
+        workers[0].kill()
+        for thread in threads:
+            thread.join()
+        # THEN at most the one request that worker held failed, and the worker was replaced
+        failed = [o for o in outcomes if o != 200]
+        assert len(outcomes) == 240 and len(failed) <= 1, failed
+        deadline = time.monotonic() + 30
+        while len(master.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        replaced = master.children()
+        assert len(replaced) == 2 and workers[0].pid not in {w.pid for w in replaced}
+        after = requests.post(
+            f"{stack.api_url}/predict", data=image, headers={"content-type": "image/jpeg"}
+        )
+        assert after.status_code == 200
+    finally:
+        stack.stop()
