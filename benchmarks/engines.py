@@ -111,6 +111,23 @@ def _pretrained_source() -> Source:
     )
 
 
+def _dataset_for(model_dir: Path, data: Path) -> Path | None:
+    """The labelled dataset of a model folder: ``data`` if its classes are the model's, else the
+    first folder of ``data/`` in the project whose training split has exactly those classes."""
+    from imgclf.pipeline.data import DatasetError, class_names, find_splits  # noqa: PLC0415
+    from imgclf.settings import PROJECT_ROOT  # noqa: PLC0415
+
+    classes = sorted(json.loads((model_dir / artifact.LABELS).read_text()))
+    candidates = [data, *sorted(p for p in (PROJECT_ROOT / "data").glob("*") if p.is_dir())]
+    for candidate in candidates:
+        try:
+            if class_names(find_splits(candidate)[0]) == classes:
+                return candidate
+        except DatasetError:
+            continue
+    return None
+
+
 def _write_tflite(spec: dict[str, Any], quantization: str, out: Path, representative: int) -> None:
     """Converts, gates (``--force``) and writes one quantisation as a servable model folder.
 
@@ -257,7 +274,11 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     limit = spec.get("max_images")
     representative = min(REPRESENTATIVE, limit or REPRESENTATIVE)
     if (model_dir / artifact.KERAS).is_file():
-        source = _scene_source(model_dir, Path(spec["data"]), representative)
+        data = _dataset_for(model_dir, Path(spec["data"]))
+        if data is None:
+            return {"skipped": f"no dataset with model/{name}'s classes (--data or data/*)"}
+        spec = {**spec, "data": str(data)}
+        source = _scene_source(model_dir, data, representative)
     else:
         from imgclf.pipeline import pretrained  # noqa: PLC0415
 

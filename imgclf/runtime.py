@@ -59,9 +59,9 @@ _RAW_PIXELS = ("uint8", 1.0, 0)
 # "Batches"): a size goes in only when one batched invoke was measured at least
 # ``BATCH_INVOKE_MIN_SPEEDUP`` times faster than the loop for every bundled model. On one thread a
 # batch dimension gives the kernels no parallelism they lack at batch 1, and the measured ratios
-# stayed within noise (0.98-1.07x for batches of 4 and 8), while each batch size costs a second
-# interpreter: 20-160 ms to build on first use and up to 100 MB of arena (224x224 float, batch 8).
-# So none is listed, and a batch request costs the sum of its images' invokes.
+# stayed within noise (0.96-1.07x for batches of 4 and 8, both models), while each batch size costs
+# a second interpreter: 25-160 ms to build on first use and 12-76 MB of arena (76 MB: imagenet,
+# batch 8). So none is listed, and a batch request costs the sum of its images' invokes.
 BATCH_INVOKE_SIZES: frozenset[int] = frozenset()
 BATCH_INVOKE_MIN_SPEEDUP = 1.10
 

@@ -13,6 +13,7 @@ rounds; ``final_fit`` refits the chosen one on train + validation and returns th
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -403,7 +404,10 @@ class FineTune(Candidate):
             # Start from the best head so far, as its trial left it at its best epoch: the
             # fine-tune starts where the frozen head is, and can only be chosen for improving it.
             self.head = self.frozen.best()
-            head = self.frozen.tuner.load_model(completed_trials(self.frozen.tuner)[0])
+            with warnings.catch_warnings():
+                # The trial's checkpoint holds its optimizer too; only the weights are wanted.
+                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+                head = self.frozen.tuner.load_model(completed_trials(self.frozen.tuner)[0])
             self.model = fine_tune_model(f.backbone, head, self.learning_rate)
             self.start_score = float(self.model.evaluate(f.cut_val, f.val.y, verbose=0)[1])
             self.weights = self.model.get_weights()

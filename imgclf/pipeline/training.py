@@ -308,14 +308,15 @@ def pretrained_backbone(model: keras.Model) -> keras.Model | None:
     return None
 
 
+def _output_layer(classes: list[str]) -> keras.layers.Layer:
+    return keras.layers.Dense(len(classes), activation="softmax", name="probabilities_new")
+
+
 def _new_classes(model: keras.Model, old: list[str] | None, classes: list[str]) -> keras.Model:
     """The model with a new output layer when the class list changed (the rest is kept)."""
     if old == classes:
         return model
-    features = model.layers[-2].output
-    outputs = keras.layers.Dense(len(classes), activation="softmax", name="probabilities_new")(
-        features
-    )
+    outputs = _output_layer(classes)(model.layers[-2].output)
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
@@ -348,17 +349,23 @@ def warm_run(config: TrainConfig, started: float, deadline: float | None) -> dic
         data = make_dataset(full.x, full.y, config.batch_size, 0.1, config.seed)
     else:
         # Only the head trains, on features: every image goes through the backbone once.
-        index = model.layers.index(backbone)
+        head_layers = model.layers[model.layers.index(backbone) + 1 :]
+        if old != full.classes:
+            head_layers = [*head_layers[:-1], _output_layer(full.classes)]
         x = features = keras.Input(backbone.output_shape[1:], name="features")
-        for layer in model.layers[index + 1 :]:
+        for layer in head_layers:
             x = layer(x)
-        trained = _new_classes(keras.Model(features, x, name="head"), old, full.classes)
+        trained = keras.Model(features, x, name="head")
         model = attach_head(backbone, trained)
         data = make_feature_dataset(
             activations(backbone, full.x), full.y, config.batch_size, 0.1, config.seed
         )
     # A small learning rate keeps what the live model knew while it adapts to the new data.
-    trained.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
+    trained.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     history = trained.fit(data, epochs=config.epochs, shuffle=False, callbacks=stop, verbose=2)
     history = history.history
     probs = model.predict(test.x.astype(np.float32), batch_size=64, verbose=0)

@@ -1,4 +1,4 @@
-"""The predict function: HTTP events, inputs, safe URL fetching, the model holder, the routes.
+"""The predict function: HTTP events, inputs, safe URL fetching, the models, auth, the console.
 
 This package and the core modules it imports (``settings``, ``errors``, ``storage``, ``layout``,
 ``preprocess``, ``runtime``, ``artifact``, ``registry``) are all that the serve image copies; they

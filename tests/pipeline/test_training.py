@@ -27,7 +27,19 @@ SIZE = "48"
 def trained(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train")
     assert (
-        train.main(["--data", str(sample_data), "--out", str(out), "--quick", "--image-size", SIZE])
+        train.main(
+            [
+                "--data",
+                str(sample_data),
+                "--out",
+                str(out),
+                "--quick",
+                "--image-size",
+                SIZE,
+                "--backbone",
+                "none",
+            ]
+        )
         == 0
     )
     return out
@@ -73,7 +85,17 @@ def test_an_interrupted_search_resumes(
     trained: Path, sample_data: Path, capsys: pytest.CaptureFixture
 ) -> None:
     trials = sorted(p.name for p in (trained / "tuner" / "random").glob("trial_*"))
-    rerun = ["--data", str(sample_data), "--out", str(trained), "--quick", "--image-size", SIZE]
+    rerun = [
+        "--data",
+        str(sample_data),
+        "--out",
+        str(trained),
+        "--quick",
+        "--image-size",
+        SIZE,
+        "--backbone",
+        "none",
+    ]
     assert train.main(rerun) == 0
     assert "Reloading Tuner" in capsys.readouterr().out
     assert sorted(p.name for p in (trained / "tuner" / "random").glob("trial_*")) == trials

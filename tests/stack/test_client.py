@@ -38,8 +38,10 @@ def an_image(sample_data: Path) -> Path:
 
 def shown_labels(stdout: str) -> list[str]:
     """The label column of the printed table."""
-    rows = [line.split() for line in stdout.splitlines()]
-    return [row[1] for row in rows if row and row[0].isdigit()]
+    # "  1  Egyptian cat  0.3769  ####": labels may have spaces; columns are two spaces apart.
+    rows = [line.strip().split("  ") for line in stdout.splitlines()]
+    rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+    return [row[1] for row in rows if len(row) > 2 and row[0].isdigit()]
 
 
 def test_a_file_prints_the_top_k_table(local_stack: RunningStack, sample_data: Path) -> None:
