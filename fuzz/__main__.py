@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The handler as deployed: the bundled model, no private URLs, the settings' defaults.
     os.environ.update(
-        MODEL_REGISTRY_URI="", ALLOW_PRIVATE_URLS="false", POWERTOOLS_LOG_LEVEL="INFO"
+        MODEL_REGISTRY_URI="", PRIVATE_URL_ENDPOINTS="", POWERTOOLS_LOG_LEVEL="INFO"
     )
     import PIL
     from PIL import features

@@ -6,6 +6,7 @@ Every value has a safe default, so importing or running anything needs no config
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 from collections.abc import Mapping
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.layout import DATA_BUCKET, REGISTRY_URI
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +38,7 @@ ENV_DEFAULT_TOP_K = "DEFAULT_TOP_K"
 ENV_URL_TIMEOUT_SECONDS = "URL_TIMEOUT_SECONDS"
 ENV_URL_MAX_BYTES = "URL_MAX_BYTES"
 ENV_URL_MAX_REDIRECTS = "URL_MAX_REDIRECTS"
-ENV_ALLOW_PRIVATE_URLS = "ALLOW_PRIVATE_URLS"
+ENV_PRIVATE_URL_ENDPOINTS = "PRIVATE_URL_ENDPOINTS"
 # Uploads by presigned POST (large images for /predict, labelled images for retraining) and the
 # scope of an admin JWT (the web console's writes). DATA_BUCKET (below) names the bucket.
 ENV_UPLOAD_MAX_BYTES = "UPLOAD_MAX_BYTES"
@@ -54,6 +57,23 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     return float(raw) if raw else default
+
+
+def _endpoints(env: Mapping[str, str], name: str) -> frozenset[tuple[IPAddress, int]]:
+    """``address:port`` pairs, comma-separated (IPv6 in brackets: ``[::1]:3001``)."""
+    endpoints = set()
+    for item in filter(None, (part.strip() for part in env.get(name, "").split(","))):
+        host, sep, port = item.rpartition(":")
+        try:
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("no port")
+            address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+            if address.version == 6 and not host.startswith("["):
+                raise ValueError("an IPv6 address goes in brackets")
+            endpoints.add((address, int(port)))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {item!r} is not address:port ({exc})") from exc
+    return frozenset(endpoints)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -115,7 +135,9 @@ class ServeSettings:
     url_timeout_seconds: float = 5.0
     url_max_bytes: int = 4_500_000
     url_max_redirects: int = 3
-    allow_private_urls: bool = False
+    # Non-public address:port pairs a URL input may reach besides public addresses: exactly the
+    # local stack's image server there, nothing in AWS (so never 169.254.169.254 and the like).
+    private_url_endpoints: frozenset[tuple[IPAddress, int]] = frozenset()
     # Where presigned POSTs put files (uploads/, incoming/) and where jobs and rejections are read.
     data_bucket: str = DATA_BUCKET
     # A presigned POST's size cap: a phone photo is 3-12 MB; /predict reads it whole into memory.
@@ -157,7 +179,7 @@ class ServeSettings:
             url_timeout_seconds=_float(env, ENV_URL_TIMEOUT_SECONDS, d.url_timeout_seconds),
             url_max_bytes=_int(env, ENV_URL_MAX_BYTES, d.url_max_bytes),
             url_max_redirects=_int(env, ENV_URL_MAX_REDIRECTS, d.url_max_redirects),
-            allow_private_urls=_bool(env, ENV_ALLOW_PRIVATE_URLS, d.allow_private_urls),
+            private_url_endpoints=_endpoints(env, ENV_PRIVATE_URL_ENDPOINTS),
             data_bucket=env.get(ENV_DATA_BUCKET, "").strip() or d.data_bucket,
             upload_max_bytes=_int(env, ENV_UPLOAD_MAX_BYTES, d.upload_max_bytes),
             upload_expires_seconds=_int(env, ENV_UPLOAD_EXPIRES_SECONDS, d.upload_expires_seconds),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -124,12 +125,19 @@ def function_environment(config: StackConfig) -> dict[str, str]:
         "DATA_BUCKET": DATA_BUCKET,
         "POWERTOOLS_SERVICE_NAME": "imgclf",
         "POWERTOOLS_METRICS_NAMESPACE": "imgclf",
-        # The explicit local-development setting: URL inputs may come from the loopback server.
-        "ALLOW_PRIVATE_URLS": "true",
+        # URL inputs may reach the local image server, and no other non-public address.
+        "PRIVATE_URL_ENDPOINTS": image_server_endpoints(config.host, config.static_port),
         # boto3 would send loopback requests through a proxy set in the environment.
         "NO_PROXY": ",".join(filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1,localhost"])),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def image_server_endpoints(host: str, port: int) -> str:
+    """PRIVATE_URL_ENDPOINTS for the image server: every address ``host`` names, at ``port``."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = sorted({ipaddress.ip_address(info[4][0]) for info in infos}, key=str)
+    return ",".join(f"[{a}]:{port}" if a.version == 6 else f"{a}:{port}" for a in addresses)
 
 
 def _queue_arn(sqs: Any, queue_url: str) -> str:

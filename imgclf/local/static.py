@@ -1,7 +1,8 @@
 """A tiny static file server on loopback, so URL inputs work with no internet.
 
 The local stack serves the sample images with it; ``{"url": "http://127.0.0.1:3001/seg_pred/0.jpg"}``
-then exercises the predict function's URL download path (allowed locally by ALLOW_PRIVATE_URLS).
+then exercises the predict function's URL download path (PRIVATE_URL_ENDPOINTS allows exactly
+this server's address and port).
 """
 
 from __future__ import annotations

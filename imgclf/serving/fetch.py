@@ -25,9 +25,7 @@ from urllib.parse import urljoin, urlsplit
 
 from imgclf import __version__
 from imgclf.errors import BadRequest, PayloadTooLarge, UpstreamError, UpstreamTimeout
-from imgclf.settings import ServeSettings
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from imgclf.settings import IPAddress, ServeSettings
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
@@ -62,20 +60,6 @@ def is_public_address(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped or ip.sixtofour or ip.teredo):
         return False
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
-
-
-def is_unicast_address(ip: IPAddress) -> bool:
-    """The ALLOW_PRIVATE_URLS policy (local development only): any unicast address, loopback too.
-
-    Args:
-        ip: a resolved address.
-
-    Returns:
-        True unless the address is unspecified, multicast or reserved for broadcast.
-    """
-    if ip.is_unspecified or ip.is_multicast:
-        return False
-    return not (isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved)
 
 
 @dataclass(frozen=True)
@@ -158,13 +142,16 @@ class UrlFetcher:
         timeout_seconds: the total deadline, from the first DNS lookup to the last body byte.
         max_bytes: the largest body accepted (checked against Content-Length and while streaming).
         max_redirects: how many redirect hops are followed (each one checked like the first).
-        allow_address: the address policy; ``is_public_address`` unless ALLOW_PRIVATE_URLS is set.
+        allow_address: the address policy (``is_public_address``).
+        private_endpoints: non-public ``(address, port)`` pairs allowed besides (the local
+            stack's image server: PRIVATE_URL_ENDPOINTS); a redirect hop is checked the same way.
     """
 
     timeout_seconds: float = 5.0
     max_bytes: int = 4_500_000
     max_redirects: int = 3
     allow_address: Callable[[IPAddress], bool] = is_public_address
+    private_endpoints: frozenset[tuple[IPAddress, int]] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: ServeSettings) -> UrlFetcher:
@@ -173,7 +160,7 @@ class UrlFetcher:
             timeout_seconds=settings.url_timeout_seconds,
             max_bytes=settings.url_max_bytes,
             max_redirects=settings.url_max_redirects,
-            allow_address=is_unicast_address if settings.allow_private_urls else is_public_address,
+            private_endpoints=settings.private_url_endpoints,
         )
 
     def fetch(self, url: str) -> bytes:
@@ -223,7 +210,11 @@ class UrlFetcher:
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         # One refused address refuses the host: a name answering with both a public and an
         # internal address is exactly what a rebinding attack looks like.
-        refused = [a for a in addresses if not self.allow_address(a)]
+        refused = [
+            a
+            for a in addresses
+            if not self.allow_address(a) and (a, target.port) not in self.private_endpoints
+        ]
         if refused:
             raise BadRequest(
                 f"{target.host} resolves to an address that is not allowed ({refused[0]})",

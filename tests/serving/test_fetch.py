@@ -2,12 +2,14 @@
 
 The SSRF table runs with the production address policy and a real listener on 127.0.0.1 (and
 ::1) that must never see a connection. The behaviour tests (redirects, slow servers, size caps)
-use the ALLOW_PRIVATE_URLS policy, since every server here lives on loopback.
+allow exactly the loopback origin's address and port (PRIVATE_URL_ENDPOINTS), as the local stack
+does for its image server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import shutil
 import socket
@@ -22,7 +24,7 @@ import pytest
 
 from helpers import FETCH_BODY, serve
 from imgclf.errors import BadRequest, PayloadTooLarge, UpstreamError, UpstreamTimeout
-from imgclf.serving.fetch import IPAddress, UrlFetcher, is_public_address, is_unicast_address
+from imgclf.serving.fetch import IPAddress, UrlFetcher, is_public_address
 from imgclf.settings import ServeSettings
 
 
@@ -36,11 +38,16 @@ def url(server: ThreadingHTTPServer, path: str, host: str = "127.0.0.1") -> str:
     return f"http://{host}:{server.server_address[1]}{path}"
 
 
+def fetcher_for(port: int) -> UrlFetcher:
+    """The fetcher the local stack's settings build for an image server on loopback at ``port``
+    (``localhost`` names both addresses), with a short deadline."""
+    env = {"PRIVATE_URL_ENDPOINTS": f"127.0.0.1:{port},[::1]:{port}", "URL_TIMEOUT_SECONDS": "1"}
+    return UrlFetcher.from_settings(ServeSettings.from_env(env))
+
+
 @pytest.fixture
-def dev_fetcher() -> UrlFetcher:
-    """The fetcher ALLOW_PRIVATE_URLS=true builds, with a short deadline."""
-    settings = ServeSettings.from_env({"ALLOW_PRIVATE_URLS": "true", "URL_TIMEOUT_SECONDS": "1"})
-    return UrlFetcher.from_settings(settings)
+def dev_fetcher(origin: ThreadingHTTPServer) -> UrlFetcher:
+    return fetcher_for(origin.server_address[1])
 
 
 class Listener:
@@ -195,21 +202,48 @@ def test_address_policies() -> None:
     internal = ["127.0.0.1", "10.1.2.3", "169.254.169.254", "100.64.0.1", "::1", "fe80::1"]
     always_refused = ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"]
     for text in public:
-        ip = ipaddress.ip_address(text)
-        assert is_public_address(ip) and is_unicast_address(ip), text
-    for text in internal:
-        ip = ipaddress.ip_address(text)
-        assert not is_public_address(ip) and is_unicast_address(ip), text
-    for text in always_refused:
-        ip = ipaddress.ip_address(text)
-        assert not is_public_address(ip) and not is_unicast_address(ip), text
+        assert is_public_address(ipaddress.ip_address(text)), text
+    for text in internal + always_refused:
+        assert not is_public_address(ipaddress.ip_address(text)), text
     assert not is_public_address(ipaddress.ip_address("::ffff:8.8.8.8"))
 
 
-def test_private_urls_are_allowed_only_by_the_explicit_setting() -> None:
-    assert UrlFetcher.from_settings(ServeSettings()).allow_address is is_public_address
-    settings = ServeSettings.from_env({"ALLOW_PRIVATE_URLS": "1"})
-    assert UrlFetcher.from_settings(settings).allow_address is is_unicast_address
+def test_private_endpoints_are_allowed_only_by_the_explicit_setting() -> None:
+    assert UrlFetcher.from_settings(ServeSettings()).private_endpoints == frozenset()
+    settings = ServeSettings.from_env({"PRIVATE_URL_ENDPOINTS": "127.0.0.1:3001, [::1]:3001"})
+    assert UrlFetcher.from_settings(settings).private_endpoints == {
+        (ipaddress.ip_address("127.0.0.1"), 3001),
+        (ipaddress.ip_address("::1"), 3001),
+    }
+
+
+@pytest.mark.parametrize(
+    "bad", ["127.0.0.1", "localhost:3001", "127.0.0.1:0", "::1:3001", "1.2.3.4:x"]
+)
+def test_a_private_endpoint_must_be_an_address_and_a_port(bad: str) -> None:
+    with pytest.raises(ValueError, match="PRIVATE_URL_ENDPOINTS"):
+        ServeSettings.from_env({"PRIVATE_URL_ENDPOINTS": bad})
+
+
+def test_a_private_endpoint_allows_that_port_only_and_no_other_internal_address(
+    origin: ThreadingHTTPServer, listener: Listener, dev_fetcher: UrlFetcher
+) -> None:
+    # GIVEN the fetcher allowed to reach the origin's address and port (the local stack's policy)
+    assert dev_fetcher.fetch(url(origin, "/image")) == FETCH_BODY
+    # WHEN a URL, or a redirect from the allowed origin, names another port or internal address
+    for target in [
+        f"http://127.0.0.1:{listener.port}/",
+        f"http://[::1]:{listener.port}/",
+        "http://169.254.169.254/latest/meta-data/iam/",
+        "http://10.0.0.1/",
+        f"http://127.0.0.2:{origin.server_address[1]}/",
+    ]:
+        for request in (target, url(origin, f"/redirect?to={target}")):
+            with pytest.raises(BadRequest) as caught:
+                dev_fetcher.fetch(request)
+            # THEN it is refused before any connection
+            assert caught.value.code == "url_not_allowed", request
+    assert listener.connections() == 0
 
 
 def test_fetches_the_body_with_the_original_host_header(
@@ -256,11 +290,12 @@ def test_upstream_errors_are_502(
 
 
 def test_refused_connection_and_unknown_host_are_502(
-    listener: Listener, dev_fetcher: UrlFetcher
+    listener: Listener,
 ) -> None:
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
+    dev_fetcher = fetcher_for(port)
     with pytest.raises(UpstreamError) as caught:
         dev_fetcher.fetch(f"http://127.0.0.1:{port}/")
     assert caught.value.status == 502
@@ -270,8 +305,10 @@ def test_refused_connection_and_unknown_host_are_502(
 
 
 @pytest.mark.parametrize("path", ["/declared-big", "/chunked-big"])
-def test_oversized_bodies_are_413(origin: ThreadingHTTPServer, path: str) -> None:
-    fetcher = UrlFetcher(timeout_seconds=2, max_bytes=100_000, allow_address=is_unicast_address)
+def test_oversized_bodies_are_413(
+    origin: ThreadingHTTPServer, dev_fetcher: UrlFetcher, path: str
+) -> None:
+    fetcher = dataclasses.replace(dev_fetcher, timeout_seconds=2, max_bytes=100_000)
     with pytest.raises(PayloadTooLarge) as caught:
         fetcher.fetch(url(origin, path))
     assert caught.value.status == 413
@@ -290,8 +327,10 @@ def test_slow_servers_hit_the_total_deadline(
     assert elapsed < dev_fetcher.timeout_seconds + 1.0
 
 
-def test_a_deadline_already_spent_by_redirects_is_504(origin: ThreadingHTTPServer) -> None:
-    fetcher = UrlFetcher(timeout_seconds=0.0, allow_address=is_unicast_address)
+def test_a_deadline_already_spent_by_redirects_is_504(
+    origin: ThreadingHTTPServer, dev_fetcher: UrlFetcher
+) -> None:
+    fetcher = dataclasses.replace(dev_fetcher, timeout_seconds=0.0)
     with pytest.raises(UpstreamTimeout):
         fetcher.fetch(url(origin, "/image"))
 
@@ -322,10 +361,9 @@ def tls_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
         yield server.server_address[1], names
 
 
-def test_https_sends_sni_and_verifies_the_certificate(
-    tls_origin: tuple[int, list[str]], dev_fetcher: UrlFetcher
-) -> None:
+def test_https_sends_sni_and_verifies_the_certificate(tls_origin: tuple[int, list[str]]) -> None:
     port, names = tls_origin
+    dev_fetcher = fetcher_for(port)
     # The connection goes to the resolved 127.0.0.1, yet SNI and the check use the name.
     with pytest.raises(UpstreamError) as caught:
         dev_fetcher.fetch(f"https://localhost:{port}/image")

@@ -106,10 +106,11 @@ class Origin:
 
 @pytest.fixture
 def origin() -> Iterator[Origin]:
-    """A real image server on loopback, and the router ALLOW_PRIVATE_URLS=true builds."""
-    settings = ServeSettings.from_env({"ALLOW_PRIVATE_URLS": "1", "URL_TIMEOUT_SECONDS": "1"})
+    """A real image server on loopback, and a router allowed to reach exactly that server."""
     with serve(handler=PictureHandler) as server:
-        yield Origin(f"http://127.0.0.1:{server.server_address[1]}", router_with(settings))
+        port = server.server_address[1]
+        env = {"PRIVATE_URL_ENDPOINTS": f"127.0.0.1:{port}", "URL_TIMEOUT_SECONDS": "1"}
+        yield Origin(f"http://127.0.0.1:{port}", router_with(ServeSettings.from_env(env)))
 
 
 # ---- every input kind, v1 and v2 events, base64 flag both ways ---------------------------------

@@ -104,6 +104,22 @@ def test_predict_url_from_the_local_image_server(
     assert_predictions(requests.post(f"{local_stack.api_url}/predict", json={"url": url}))
 
 
+def test_url_inputs_reach_the_image_server_and_no_other_internal_address(
+    local_stack: RunningStack, sample_data: Path
+) -> None:
+    # The stack's own API and moto's S3 are on loopback too, beside the image server.
+    for url in [
+        f"{local_stack.api_url}/health",
+        f"{local_stack.endpoint}/",
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        # the image server's port on another loopback address
+        f"{local_stack.static_url}/seg_pred/0.jpg".replace("127.0.0.1", "127.0.0.2"),
+    ]:
+        answer = requests.post(f"{local_stack.api_url}/predict", json={"url": url})
+        assert answer.status_code == 400, url
+        assert answer.json()["error"]["code"] == "url_not_allowed", url
+
+
 def test_the_same_image_gets_the_same_answer_by_every_route(
     local_stack: RunningStack, sample_data: Path
 ) -> None:
