@@ -16,6 +16,8 @@ from pathlib import Path
 from imgclf.layout import DATA_BUCKET, REGISTRY_URI
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# New images of a model that start its retraining (RETRAIN_MIN_NEW_IMAGES).
+DEFAULT_MIN_NEW_IMAGES = 50
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,6 +142,8 @@ class ServeSettings:
     private_url_endpoints: frozenset[tuple[IPAddress, int]] = frozenset()
     # Where presigned POSTs put files (uploads/, incoming/) and where jobs and rejections are read.
     data_bucket: str = DATA_BUCKET
+    # The retrain function's threshold, so that /models and /jobs can say when a job will start.
+    retrain_min_new_images: int = DEFAULT_MIN_NEW_IMAGES
     # A presigned POST's size cap: a phone photo is 3-12 MB; /predict reads it whole into memory.
     upload_max_bytes: int = 20_000_000
     # A presigned POST is good for this long: enough to start an upload, short if it leaks.
@@ -181,6 +185,7 @@ class ServeSettings:
             url_max_redirects=_int(env, ENV_URL_MAX_REDIRECTS, d.url_max_redirects),
             private_url_endpoints=_endpoints(env, ENV_PRIVATE_URL_ENDPOINTS),
             data_bucket=env.get(ENV_DATA_BUCKET, "").strip() or d.data_bucket,
+            retrain_min_new_images=_int(env, ENV_RETRAIN_MIN_NEW_IMAGES, d.retrain_min_new_images),
             upload_max_bytes=_int(env, ENV_UPLOAD_MAX_BYTES, d.upload_max_bytes),
             upload_expires_seconds=_int(env, ENV_UPLOAD_EXPIRES_SECONDS, d.upload_expires_seconds),
             admin_scope=env.get(ENV_ADMIN_SCOPE, "").strip() or d.admin_scope,
@@ -219,7 +224,7 @@ class RetrainSettings:
     data_bucket: str = DATA_BUCKET
     model_registry_uri: str = REGISTRY_URI
     backend: str = "local"
-    min_new_images: int = 50
+    min_new_images: int = DEFAULT_MIN_NEW_IMAGES
     allow_new_classes: bool = False
     # Largest drop in accuracy or macro F1 (vs the live model, same test split) still promoted.
     quality_tolerance: float = 0.01

@@ -13,21 +13,25 @@ console's: ``GET /`` and ``GET /console/{file}`` (public files, ``static``), ``P
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imgclf.serving.admin import RegistryService
 from imgclf.serving.fetch import UrlFetcher
 from imgclf.serving.http import Request, Router
-from imgclf.serving.jobs import list_jobs, parse_jobs_query
+from imgclf.serving.jobs import list_jobs, parse_jobs_query, retraining
 from imgclf.serving.model_holder import ModelCatalog
 from imgclf.serving.predict import answer, parse_model_version, parse_predict_request
 from imgclf.serving.static import Console
 from imgclf.serving.uploads import DataBucket, UploadService
 from imgclf.settings import ServeSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,17 +72,30 @@ class PredictService:
         return self.models.get(None, version).describe()
 
     def list_models(self, request: Request) -> dict[str, Any]:
-        """``GET /models``: every model, its live version and metrics, the default first."""
+        """``GET /models``: every model, its live version, metrics and retraining state, the
+        default first."""
         return {
             "default": self.models.default,
-            "models": [self.models.summary(name) for name in self.models.names()],
+            "models": [self.summary(name) for name in self.models.names()],
         }
 
     def model_detail(self, request: Request) -> dict[str, Any]:
         """``GET /models/{name}``: one model's summary and its published versions."""
         name = request.path_params["name"]
-        body = self.models.summary(name)
+        body = self.summary(name)
         body["versions"] = self.models.versions(name)
+        return body
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """A model's summary with ``retraining``: its pending images and the threshold that
+        starts a job (None when the data bucket cannot be read: the rest still answers)."""
+        body = self.models.summary(name)
+        body["retraining"] = None
+        if self.bucket is not None:
+            try:
+                body["retraining"] = retraining(self.bucket, name)
+            except (BotoCoreError, ClientError) as exc:
+                log.warning("cannot count %s's pending images: %s", name, exc)
         return body
 
     def list_jobs(self, request: Request) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def list_jobs(bucket: DataBucket, model: str, limit: int) -> dict[str, Any]:
         limit: how many jobs at most.
 
     Returns:
-        ``{"model", "jobs": [record, ...], "pending_images"}``.
+        ``{"model", "jobs": [record, ...], "pending_images", "retrain_threshold"}``.
     """
     client, name = bucket.client, bucket.bucket
     ids: list[str] = []
@@ -55,13 +55,22 @@ def list_jobs(bucket: DataBucket, model: str, limit: int) -> dict[str, Any]:
             jobs.append({k: v for k, v in record.items() if k not in PRIVATE_FIELDS})
             if len(jobs) == limit:
                 break
+    return {"model": model, "jobs": jobs, **retraining(bucket, model)}
+
+
+def retraining(bucket: DataBucket, model: str) -> dict[str, int]:
+    """How many ingested images of a model wait for its next job, and how many start one.
+
+    Returns:
+        ``{"pending_images", "retrain_threshold"}`` (RETRAIN_MIN_NEW_IMAGES).
+    """
     pending = 0
-    pages = client.get_paginator("list_objects_v2").paginate(
-        Bucket=name, Prefix=layout.model_prefix(layout.PENDING, model)
+    pages = bucket.client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket.bucket, Prefix=layout.model_prefix(layout.PENDING, model)
     )
     for page in pages:
         pending += len(page.get("Contents", []))
-    return {"model": model, "jobs": jobs, "pending_images": pending}
+    return {"pending_images": pending, "retrain_threshold": bucket.settings.retrain_min_new_images}
 
 
 def parse_jobs_query(request: Request) -> tuple[str, int]:

@@ -307,6 +307,12 @@ def test_jobs_lists_a_model_s_jobs_newest_first_with_the_images_waiting(
     assert status == 200, answer
     assert [j["id"] for j in answer["jobs"]] == ["20260103T000000Z-cccc", "20260101T000000Z-aaaa"]
     assert answer["jobs"][0]["stage"] == "train" and answer["pending_images"] == 3
+    assert answer["retrain_threshold"] == ServeSettings().retrain_min_new_images
+    # /models says the same, for each model
+    status, listing = call(router, "GET", "/models")
+    retraining = {m["name"]: m["retraining"] for m in listing["models"]}
+    assert retraining["scene"] == {"pending_images": 3, "retrain_threshold": 50}
+    assert retraining["imagenet"] == {"pending_images": 0, "retrain_threshold": 50}
     assert not {"pid", "host", "launched"} & set(answer["jobs"][0])  # where a job ran: private
     status, answer = call(router, "GET", "/jobs", query={"model": "scene", "limit": "1"})
     assert len(answer["jobs"]) == 1

@@ -63,7 +63,7 @@ export function initData(catalog) {
   async function refreshJobs() {
     if (!model.validity.valid) return;
     const answer = await api(`jobs?model=${encodeURIComponent(model.value)}&limit=3`);
-    pending.textContent = `${answer.pending_images} new image${answer.pending_images === 1 ? "" : "s"} of ${model.value} waiting for the next training.`;
+    pending.textContent = `${answer.pending_images} of ${answer.retrain_threshold} new images of ${model.value} pending: a retraining job starts at ${answer.retrain_threshold}.`;
     jobs.replaceChildren(
       ...answer.jobs.map((job) => {
         const done = job.status === "succeeded" ? STAGES.length : Math.max(0, STAGES.indexOf(job.stage));
