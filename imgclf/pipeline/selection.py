@@ -3,12 +3,12 @@
 Time is handed out in rounds (rungs). In each, every surviving candidate trains for the same
 share of what is left (rung budgets double as the field halves: with three candidates, 1/7 of
 the search time each, then 2/7 each for the two that go on), and after it at most half of them
-(rounded up) go on: the leader, and those that could still catch it. A trailing candidate survives only if the
-validation accuracy it gained during the rung exceeds its gap to the leader, so a slow starter
-that is climbing fast (a from-scratch network in its first epochs) is not dropped for being
-behind, and one that has stalled is. A candidate that is done (its search or training complete)
-cannot gain any more. The winner is the best on validation; ties go to the cheaper candidate
-(the one listed first).
+(rounded up) go on: the leader, and those that could still catch it. A trailing candidate
+survives only if the validation accuracy it gained during the rung exceeds its gap to the leader,
+so a slow starter that is climbing fast (a from-scratch network in its first epochs) is not
+dropped for being behind, and one that has stalled is. A candidate that is done (its search or
+training complete) cannot gain any more. The winner is the best on validation; ties go to the
+cheaper candidate (the one listed first).
 
 ``survivors`` and ``winner`` are pure functions of the standings, so the rule can be tested on
 real measured scores; ``successive_halving`` runs the rounds.
