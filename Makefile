@@ -138,7 +138,7 @@ test-console: setup ## the web console in Chromium: every flow, the long retrain
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests/console
 
 # ---- local stack and load testing (README "Local stack", "Load testing") -----------------------
-.PHONY: run load-test
+.PHONY: run first-run load-test
 PORT ?= 3000
 S3_PORT ?= 4566
 STATIC_PORT ?= 3001
@@ -152,6 +152,9 @@ run: $(VENV)/.stack ## the local stack: API on 127.0.0.1:3000 (PORT S3_PORT STAT
 	test -d $(SAMPLE)/seg_pred || $(MAKE) sample-data
 	$(PY) -m imgclf.local --port $(PORT) --s3-port $(S3_PORT) --static-port $(STATIC_PORT) \
 		--workers $(WORKERS) --data-dir $(SAMPLE)
+
+first-run: ## time a fresh clone's `make run` to the first answer (ports 3100/3101/3105) -> reports/first-run.log
+	scripts/first_run.sh reports/first-run.log
 
 load-test: $(VENV)/.installed ## Locust, headless, against API_URL (USERS, SPAWN_RATE, DURATION) -> reports/
 	test -d $(SAMPLE)/seg_pred || $(MAKE) sample-data
