@@ -6,7 +6,8 @@
   ``python -m imgclf.pipeline.pretrained`` builds into its cache under ``runs/`` (no Keras file is
   bundled for it);
 - the images the converter uses: the int8 calibration images and the images the parity gate scores
-  (the scene model: 200 seeded training images and the test split of the sample data, as
+  (a model with ``model.keras``: 200 seeded training images and the test split of the dataset it
+  was trained on, ``config.data`` of its ``metrics.json`` (``benchmarks.datasets``), as
   ``convert.py`` picks them; imagenet: the photos ``imgclf.pipeline.pretrained`` calibrates and
   gates on);
 - TFLite: every quantisation, through the project's own entry points (``convert.py``, or
@@ -109,23 +110,6 @@ def _pretrained_source() -> Source:
         description=f"{len(calibration)} calibration photos and {len(gate_x)} gate photos of "
         "imgclf.pipeline.pretrained (parity against the float Keras model, unlabelled)",
     )
-
-
-def _dataset_for(model_dir: Path, data: Path) -> Path | None:
-    """The labelled dataset of a model folder: ``data`` if its classes are the model's, else the
-    first folder of ``data/`` in the project whose training split has exactly those classes."""
-    from imgclf.pipeline.data import DatasetError, class_names, find_splits  # noqa: PLC0415
-    from imgclf.settings import PROJECT_ROOT  # noqa: PLC0415
-
-    classes = sorted(json.loads((model_dir / artifact.LABELS).read_text()))
-    candidates = [data, *sorted(p for p in (PROJECT_ROOT / "data").glob("*") if p.is_dir())]
-    for candidate in candidates:
-        try:
-            if class_names(find_splits(candidate)[0]) == classes:
-                return candidate
-        except DatasetError:
-            continue
-    return None
 
 
 def _write_tflite(spec: dict[str, Any], quantization: str, out: Path, representative: int) -> None:
@@ -262,8 +246,9 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         spec: ``{"name", "model_dir", "data", "out", "quantizations", "max_images"}``
-            (``max_images``: use at most that many calibration and parity images, None for all:
-            the tiny budget's shortcut).
+            (``data``: the dataset the model was trained on, ``benchmarks.datasets.model_dataset``,
+            None for the pretrained model; ``max_images``: use at most that many calibration and
+            parity images, None for all: the tiny budget's shortcut).
 
     Returns:
         ``{"keras_path", "source", "tflite": {quantisation: folder}, "onnx": {variant: {"path",
@@ -274,11 +259,9 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     limit = spec.get("max_images")
     representative = min(REPRESENTATIVE, limit or REPRESENTATIVE)
     if (model_dir / artifact.KERAS).is_file():
-        data = _dataset_for(model_dir, Path(spec["data"]))
-        if data is None:
-            return {"skipped": f"no dataset with model/{name}'s classes (--data or data/*)"}
-        spec = {**spec, "data": str(data)}
-        source = _scene_source(model_dir, data, representative)
+        if not spec["data"]:
+            return {"skipped": f"model/{name}'s metrics.json records no dataset (config.data)"}
+        source = _scene_source(model_dir, Path(spec["data"]), representative)
     else:
         from imgclf.pipeline import pretrained  # noqa: PLC0415
 

@@ -3,14 +3,20 @@
     python -m benchmarks.ood            # = make ood: prints the table, writes docs/ood.{md,json}
 
 Per bundled model (``model/<name>/`` with ``ood.npz``), the AUROC of the served ``ood.score``
-between held-out in-distribution images (positives: 0) and far inputs (1):
+between held-out in-distribution images (positives: 0) and far inputs (1). One rule picks both
+sets from what the model was trained on, the dataset ``config.data`` of its ``metrics.json``
+records (``benchmarks.datasets``):
 
-- ``scene`` (synthetic 6-class scenes): its test split (``data/sample/seg_test``) against the real
-  photos that ship with matplotlib (``sample_data``), scikit-image (``data``) and scikit-learn
-  (``datasets/images``);
-- ``imagenet`` (ImageNet-1k photos; no ImageNet images offline): its gate photos (the reference
-  that calibrates the score, not the one that fitted it) against clearly non-photo inputs: seeded
-  noise, flat colours, gradients, text renderings, and the synthetic drawings of
+- in-distribution: the test split of that dataset (``data/photos/test`` for ``content``,
+  ``data/sample/seg_test`` for ``scene``); the pretrained ``imagenet`` records none (ImageNet-1k,
+  no ImageNet images offline) and uses its gate photos instead (the reference that calibrates the
+  score, not the one that fitted it);
+- far: inputs unlike the training data. A model trained on the synthetic sample data
+  (``data/sample``: ``scene``) is shown real photos: the ones that ship with matplotlib
+  (``sample_data``), scikit-image (``data``) and scikit-learn (``datasets/images``). Every other
+  model was trained on real photos (``imagenet``; ``content`` on ``data/photos``, crops of those
+  very package photos, so they cannot be far for it) and is shown clearly non-photo inputs:
+  seeded noise, flat colours, gradients, text renderings, and the synthetic scene drawings of
   ``data/sample/seg_test``.
 
 The score is an empirical CDF with ties at 1.0, so the AUROC of the underlying distance (the same
@@ -31,14 +37,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from benchmarks.datasets import SAMPLE, dataset_folder, model_dataset
 from imgclf import artifact
 from imgclf.artifact import LoadedModel
 from imgclf.errors import ServiceError
+from imgclf.pipeline.data import find_splits
 from imgclf.preprocess import IMAGE_SUFFIXES, load_image
 from imgclf.settings import PROJECT_ROOT
 
 MODELS_DIR = PROJECT_ROOT / "model"
-SAMPLE_TEST = PROJECT_ROOT / "data" / "sample" / "seg_test"
 DEFAULT_OUT = PROJECT_ROOT / "docs" / "ood"
 PHOTO_FOLDERS = (
     ("matplotlib", "mpl-data/sample_data"),
@@ -55,6 +62,11 @@ class Inputs:
 
     description: str
     images: list[tuple[str, bytes]]
+
+
+# What a model was trained on, as the rule tells them apart.
+SYNTHETIC = "synthetic drawings"
+PHOTOS = "real photos"
 
 
 def package_photos() -> Inputs:
@@ -134,26 +146,77 @@ def measure(model: LoadedModel, inputs: Inputs) -> dict[str, Any]:
     return {"names": names, "distances": d, "scores": scores}
 
 
-def evaluate(name: str, model_dir: Path) -> dict[str, Any] | None:
-    """One bundled model's figures, or None when it has no OOD statistics."""
-    model = artifact.load(artifact.read_dir(model_dir))
-    if model.ood is None:
-        return None
-    if name == "imagenet":
-        from imgclf.pipeline import pretrained  # the photo lists (Pillow, numpy; no Keras use)
+def _shown(folder: Path, root: Path) -> str:
+    """A folder as the report names it: relative to the project root when inside it."""
+    return str(folder.relative_to(root) if folder.is_relative_to(root) else folder)
 
-        size = model.height
+
+def trained_on(model_dir: Path, root: Path = PROJECT_ROOT) -> tuple[str, Path | None]:
+    """What a model was trained on (``SYNTHETIC`` or ``PHOTOS``) and that dataset's folder.
+
+    The synthetic sample data (``data/sample``) is the one dataset of drawings; every other dataset
+    (``data/photos``), and no recorded dataset (the pretrained ``imagenet``: ImageNet), is photos.
+
+    Raises:
+        DatasetMissing: the dataset ``metrics.json`` records is not there.
+    """
+    dataset = model_dataset(model_dir, root)
+    synthetic = dataset is not None and dataset.resolve() == (root / SAMPLE).resolve()
+    return (SYNTHETIC if synthetic else PHOTOS), dataset
+
+
+def reference_sets(
+    model: LoadedModel, model_dir: Path, root: Path = PROJECT_ROOT
+) -> tuple[str, Inputs, list[Inputs]]:
+    """The module's rule: the model's own held-out images, and inputs unlike its training data.
+
+    Returns:
+        ``(trained_on, in-distribution, far sets)``.
+
+    Raises:
+        DatasetMissing: the model's dataset, or for a photo model the sample data, is missing.
+        ValueError: a model without a recorded dataset that is not the pretrained one.
+    """
+    kind, dataset = trained_on(model_dir, root)
+    if dataset is not None:
+        test_dir = find_splits(dataset)[1]
+        near = folder_images(test_dir, f"its test split ({_shown(test_dir, root)})")
+    else:
+        from imgclf.pipeline import pretrained  # noqa: PLC0415 - its gate photos (imports Keras)
+
+        if model_dir.name != pretrained.NAME:
+            raise ValueError(
+                f"model/{model_dir.name}: its metrics.json records no dataset (config.data), so "
+                "it has no test split to score"
+            )
         gate = pretrained.photo_pixels(
-            pretrained.GATE_PHOTOS, pretrained.GATE_VARIANTS, pretrained.SEED, size
+            pretrained.GATE_PHOTOS, pretrained.GATE_VARIANTS, pretrained.SEED, model.height
         )
         near = Inputs(
             f"the {len(gate)} gate-photo images (calibration reference)",
             [(f"gate/{i}", _png(Image.fromarray(x))) for i, x in enumerate(gate)],
         )
-        far_sets = [synthetic_inputs(), folder_images(SAMPLE_TEST, "synthetic scene drawings")]
-    else:
-        near = folder_images(SAMPLE_TEST, "its test split (data/sample/seg_test)")
-        far_sets = [package_photos()]
+    if kind == SYNTHETIC:
+        return kind, near, [package_photos()]
+    why = f"the far inputs of model/{model_dir.name}, trained on real photos"
+    drawings = find_splits(dataset_folder(SAMPLE, why, root))[1]
+    description = f"synthetic scene drawings ({_shown(drawings, root)})"
+    far = [synthetic_inputs(), folder_images(drawings, description)]
+    return kind, near, far
+
+
+def evaluate(name: str, model_dir: Path, root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
+    """One bundled model's figures, or None when it has no OOD statistics.
+
+    Args:
+        name: the model's name.
+        model_dir: its folder.
+        root: what the datasets' folders are relative to (the project root).
+    """
+    model = artifact.load(artifact.read_dir(model_dir))
+    if model.ood is None:
+        return None
+    kind, near, far_sets = reference_sets(model, model_dir, root)
     inside = measure(model, near)
     far = [measure(model, s) for s in far_sets]
     far_d = np.concatenate([f["distances"] for f in far])
@@ -175,11 +238,13 @@ def evaluate(name: str, model_dir: Path) -> dict[str, Any] | None:
         "median_score_far": round(float(np.median(far_s)), 4),
         "ood_npz_bytes": (model_dir / artifact.OOD).stat().st_size,
         "target_auroc": TARGET.get(name),
+        "trained_on": kind,
+        # Every far photo; of the non-photos, the first two of each synthetic kind (no drawing).
         "far_scores": {
             n: round(float(s), 4)
             for f in far
             for n, s in zip(f["names"], f["scores"], strict=True)
-            if name != "imagenet" or n.endswith("/0") or n.endswith("/1")
+            if kind == SYNTHETIC or n.endswith(("/0", "/1"))
         },
     }
     return result
@@ -197,20 +262,29 @@ def markdown(results: list[dict[str, Any]]) -> str:
         f"`unusual` is `score > {artifact.OOD_THRESHOLD}`. AUROC: how often a far input scores",
         "above an in-distribution one (1.0 = always, 0.5 = chance).",
         "",
-        "| model | in-distribution | far inputs | AUROC (score) | AUROC (distance) "
+        "In-distribution: the test split of the dataset the model was trained on (`config.data`",
+        "of its `metrics.json`; `imagenet`, which has none offline: its gate photos). Far: inputs",
+        "unlike that data. A model trained on the synthetic sample data (`data/sample`) is shown",
+        "the real photos that ship with matplotlib, scikit-image and scikit-learn; a model",
+        "trained on real photos (`imagenet`; `data/photos`, crops of those same package photos)",
+        "is shown non-photos (noise, flat colours, gradients, text) and the synthetic scene",
+        "drawings of `data/sample/seg_test`.",
+        "",
+        "| model | trained on | in-distribution | far inputs | AUROC (score) | AUROC (distance) "
         "| unusual: in-dist. | unusual: far | ood.npz |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['in_distribution']['description']}: "
+            f"| {r['model']} | {r['trained_on']} | {r['in_distribution']['description']}: "
             f"{r['in_distribution']['images']} | {r['far']['description']}: {r['far']['images']} "
             f"| {r['auroc_score']:.4f} | {r['auroc_distance']:.4f} "
             f"| {r['unusual_in_distribution']:.1%} | {r['unusual_far']:.1%} "
             f"| {r['ood_npz_bytes'] / 1024:.1f} KiB |"
         )
     for r in results:
-        lines += ["", f"## {r['model']}: scores of the far inputs", ""]
+        listed = "" if r["trained_on"] == SYNTHETIC else " (the first two of each non-photo kind)"
+        lines += ["", f"## {r['model']}: scores of the far inputs{listed}", ""]
         lines += [f"- `{n}`: {s:.4f}" for n, s in r["far_scores"].items()]
     return "\n".join(lines) + "\n"
 
@@ -223,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = []
     for folder in sorted(p for p in args.models.iterdir() if (p / artifact.MANIFEST).is_file()):
-        result = evaluate(folder.name, folder)
+        try:
+            result = evaluate(folder.name, folder)
+        except ValueError as exc:  # DatasetMissing names the make target that builds the data
+            parser.error(str(exc))
         if result is None:
             print(f"{folder.name}: no ood.npz, skipped")
             continue

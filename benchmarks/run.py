@@ -4,7 +4,10 @@
     python -m benchmarks --budget tiny --out /tmp/b   # seconds instead of minutes (the test)
     python -m benchmarks --out docs/benchmarks        # the committed copy README.md links
 
-Every bundled model (``model/<name>/``, the default model first) is measured; every timed side runs
+Every bundled model (``model/<name>/``, the default model first) is measured, each converted and
+gated on the dataset it was trained on (``config.data`` of its ``metrics.json``: ``data/sample``,
+``data/photos``; ``benchmarks.datasets``), while ``--data`` (the sample data) gives what all models
+share: the local stack's seed data and Locust's request images (``seg_pred``). Every timed side runs
 in a fresh process pinned to one core (``--cpu``, default the last one this process may use), with
 one interpreter / BLAS / TensorFlow / ONNX Runtime thread, one process per configuration:
 
@@ -43,6 +46,7 @@ from typing import Any
 
 from benchmarks import cost, footprint, load
 from benchmarks import quota as cpu_quota
+from benchmarks.datasets import model_dataset
 from benchmarks.inputs import INPUTS, predict_event, write_inputs
 from benchmarks.report import write_report
 from imgclf import artifact
@@ -850,12 +854,16 @@ def measure_model(
     runner: Runner,
     budget: Budget,
     model_dir: Path,
-    data: Path,
+    dataset: Path | None,
     inputs: list[dict[str, str]],
     paths: dict[str, Path],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Every per-model part of the benchmark for one bundled model folder."""
+    """Every per-model part of the benchmark for one bundled model folder.
+
+    ``dataset`` is the one the model was trained on (``benchmarks.datasets.model_dataset``; None
+    for the pretrained model): its conversion calibrates and gates on it.
+    """
     name = model_dir.name
     manifest = Manifest.from_json((model_dir / artifact.MANIFEST).read_bytes())
     bundled = manifest.quantization
@@ -868,7 +876,7 @@ def measure_model(
         {
             "name": name,
             "model_dir": str(model_dir),
-            "data": str(data),
+            "data": str(dataset) if dataset else None,
             "out": str(work),
             "quantizations": quantizations,
             "max_images": budget.conversion_images,
@@ -966,6 +974,7 @@ def measure_model(
 def measure(
     budget: Budget,
     model_dirs: list[Path],
+    datasets: dict[str, Path | None],
     data: Path,
     workdir: Path,
     cpu: int,
@@ -977,7 +986,10 @@ def measure(
         budget: how many measurements to make.
         model_dirs: the bundled model folders, the default model first (Locust and the README
             headline use it).
-        data: the sample dataset (scene calibration, parity, Locust's images).
+        datasets: model name -> the dataset it was trained on (None: pretrained), which its
+            conversion calibrates and gates on.
+        data: the sample dataset all models share: the local stack's seed data and Locust's
+            request images (``seg_pred``).
         workdir: scratch space (converted models, images, logs).
         cpu: the core every timed process is pinned to.
         log: progress messages.
@@ -1009,7 +1021,7 @@ def measure(
     results["models"] = {}
     for model_dir in model_dirs:
         results["models"][model_dir.name] = measure_model(
-            runner, budget, model_dir, data, inputs, paths, log
+            runner, budget, model_dir, datasets[model_dir.name], inputs, paths, log
         )
 
     log(f"retrain function cold starts ({budget.cold_runs}): import retrain_handler")
@@ -1055,7 +1067,14 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         type=Path,
         default=PROJECT_ROOT / "data" / "sample",
-        help="sample dataset (make sample-data)",
+        help="sample dataset (make sample-data): the local stack's seed data and Locust's "
+        "requests (seg_pred); each model converts on its own dataset (config.data)",
+    )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=PROJECT_ROOT,
+        help="what the config.data of each model's metrics.json is relative to",
     )
     parser.add_argument(
         "--cpu",
@@ -1068,6 +1087,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.data} has no seg_pred/: run `make sample-data` first")
     try:
         model_dirs = bundled_models(args.model_root.resolve(), args.models)
+        # Every model's own dataset, checked before anything is measured (DatasetMissing says
+        # which make target builds it).
+        datasets = {d.name: model_dataset(d, args.data_root.resolve()) for d in model_dirs}
     except ValueError as exc:
         parser.error(str(exc))
     if not model_dirs:
@@ -1088,7 +1110,9 @@ def main(argv: list[str] | None = None) -> int:
 
     clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
-        results = measure(budget, model_dirs, args.data.resolve(), Path(tmp), args.cpu, log)
+        results = measure(
+            budget, model_dirs, datasets, args.data.resolve(), Path(tmp), args.cpu, log
+        )
     meta["machine"]["load_average_end"] = os.getloadavg()
     meta["seconds"] = round(time.monotonic() - clock, 1)
     report = {"meta": meta, "results": results, "derived": derive(results, meta["machine"])}

@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cases made in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
     # The handler as deployed: the bundled model, no private URLs, the settings' defaults.
-    os.environ.update(
-        MODEL_REGISTRY_URI="", PRIVATE_URL_ENDPOINTS="", POWERTOOLS_LOG_LEVEL="INFO"
-    )
+    os.environ.update(MODEL_REGISTRY_URI="", PRIVATE_URL_ENDPOINTS="", POWERTOOLS_LOG_LEVEL="INFO")
     import PIL
     from PIL import features
 

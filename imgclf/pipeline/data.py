@@ -7,6 +7,7 @@ not decode are skipped and reported.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class Dataset:
     classes: list[str]
     files: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    # The sha256 (hex) of each file's bytes, aligned with ``files``: the embedding cache's key.
+    digests: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Returns the number of images per class."""
@@ -40,7 +43,13 @@ class Dataset:
 
     def subset(self, index: np.ndarray) -> Dataset:
         """Returns the images at ``index`` (same classes, no skipped list)."""
-        return Dataset(self.x[index], self.y[index], self.classes, [self.files[i] for i in index])
+        return Dataset(
+            self.x[index],
+            self.y[index],
+            self.classes,
+            [self.files[i] for i in index],
+            digests=[self.digests[i] for i in index] if self.digests else [],
+        )
 
 
 def _split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -100,7 +109,8 @@ def load_split(
         framing: how images become the model's square input (the model's, as serving frames).
 
     Returns:
-        The decoded dataset, with the files that did not decode in ``skipped``.
+        The decoded dataset, with the files that did not decode in ``skipped`` and the sha256 of
+        each file that did in ``digests``.
 
     Raises:
         DatasetError: fewer than two classes, a class without a single usable image, or a class
@@ -118,6 +128,7 @@ def load_split(
     images: list[np.ndarray] = []
     labels: list[int] = []
     files: list[Path] = []
+    digests: list[str] = []
     skipped: list[tuple[Path, str]] = []
     for index, name in enumerate(classes):
         folder = split_dir / name
@@ -129,17 +140,19 @@ def load_split(
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append((path, f"not an image file suffix ({path.suffix or 'none'})"))
                 continue
+            data = path.read_bytes()
             try:
-                images.append(load_image(path.read_bytes(), height, width, framing=framing))
+                images.append(load_image(data, height, width, framing=framing))
             except InvalidImage as exc:
                 skipped.append((path, exc.message))
                 continue
             labels.append(index)
             files.append(path)
+            digests.append(hashlib.sha256(data).hexdigest())
         if require_every_class and len(images) == before:
             raise DatasetError(f"class '{name}' in {split_dir} has no usable image")
     x = np.stack(images) if images else np.zeros((0, height, width, 3), np.uint8)
-    return Dataset(x, np.asarray(labels, dtype=np.int64), list(classes), files, skipped)
+    return Dataset(x, np.asarray(labels, dtype=np.int64), list(classes), files, skipped, digests)
 
 
 def source_name(path: Path) -> str:

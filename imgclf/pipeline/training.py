@@ -40,6 +40,7 @@ from imgclf.pipeline.candidates import (
 )
 from imgclf.pipeline.data import Dataset, DatasetError, find_splits, load_split, stratified_split
 from imgclf.pipeline.efficientnet_lite import WeightsNotInstalledError
+from imgclf.pipeline.embeddings import EmbeddingCache, cache_key, weights_digest
 from imgclf.pipeline.evaluation import classification_metrics, plot_confusion_matrix, plot_history
 from imgclf.pipeline.model import BACKBONES, attach_head, make_dataset, make_feature_dataset
 from imgclf.pipeline.selection import successive_halving
@@ -54,12 +55,19 @@ from imgclf.pipeline.transfer import (
 from imgclf.preprocess import SQUASH, Framing
 
 # The whole run, in seconds: at most this much for choosing and refitting (evaluation and the
-# artifacts come after, in seconds). Measured on 2 cores with ~1,500 images: the default run
-# ends within 10 minutes.
+# artifacts come after, in seconds). Measured on 2 shared cores with data/photos (1,600 images):
+# 5 min for make model, 7 min 20 s for --backbone none, which uses all of it.
 DEFAULT_TIME_BUDGET = 510
 # The share of the time left after the backbone's pass that choosing may use; the winner's final
 # fit may use the rest (a frozen head needs seconds of it, the from-scratch CNN all of it).
 SEARCH_SHARE = 0.5
+# Why a run records ``"embedding_cache": {"used": false}``: cached features are those of a whole
+# frozen backbone, which only a warm start's frozen head trains on.
+SEARCH_NO_CACHE = (
+    "a search (no --warm-start): the fine-tune trains the backbone's top blocks and the "
+    "from-scratch CNN its own layers, so cached features of the frozen backbone do not apply"
+)
+PIXELS_NO_CACHE = "the model has no pretrained backbone: it trains whole on pixels"
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ class TrainConfig:
     fine_tune_epochs: int = 10
     time_budget: float = DEFAULT_TIME_BUDGET
     warm_start: Path | None = None
+    # A folder of cached backbone features (``imgclf.pipeline.embeddings``): warm starts only.
+    embedding_cache: Path | None = None
 
     def quick(self) -> TrainConfig:
         """The smallest budget that still runs every stage (tests, CI, smoke runs)."""
@@ -262,6 +272,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
         final_fit={"epochs": len(final.history.get("loss", [])), "history": final.history},
         data=summarise(full, train, val, test),
         source=source if winner.name != "scratch" else {},
+        embedding_cache={"used": False, "reason": SEARCH_NO_CACHE},
         seed=config.seed,
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         versions=_versions(),
@@ -320,11 +331,81 @@ def _new_classes(model: keras.Model, old: list[str] | None, classes: list[str]) 
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
+def embed(
+    backbone: keras.Model, datasets: list[Dataset], cache_dir: Path | None, framing: Framing
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The backbone's features of each dataset's images, read from the cache where it has them.
+
+    Only the images the cache does not know go through the backbone; their features are written
+    to the cache as one new shard. A cache that cannot be read or written costs time, never the
+    run (``imgclf.pipeline.embeddings``).
+
+    Args:
+        backbone: the frozen feature extractor (pixels -> pooled features).
+        datasets: decoded splits, with their files' digests.
+        cache_dir: the cache's root folder (one sub-folder per ``cache_key``), or None.
+        framing: how the images were framed (part of the cache key, with the resolution).
+
+    Returns:
+        The features of each dataset, and what ``metrics.json`` records (``embedding_cache``).
+    """
+    started = time.monotonic()
+    images = sum(len(data.x) for data in datasets)
+    if cache_dir is None:
+        features = [activations(backbone, data.x) for data in datasets]
+        return features, {
+            "used": False,
+            "reason": "no --embedding-cache given",
+            "images": images,
+            "cached": 0,
+            "computed": images,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+    resolution = int(backbone.input_shape[1])
+    key = cache_key(weights_digest(backbone.get_weights()), resolution, framing)
+    cache = EmbeddingCache(cache_dir / key, dim=int(backbone.output_shape[-1]))
+    features, new_digests, new_rows = [], [], []
+    for data in datasets:
+        hit = cache.lookup(data.digests)
+        rows = np.empty((len(data.x), backbone.output_shape[-1]), np.float32)
+        if hit.hits:
+            rows[hit.found] = hit.features
+        missing = np.flatnonzero(~hit.found)
+        if len(missing):
+            computed = activations(backbone, data.x[missing])
+            rows[missing] = computed
+            new_digests += [data.digests[i] for i in missing]
+            new_rows.append(computed)
+        features.append(rows)
+    shards_read = len(cache.shards)
+    shard = None
+    if new_rows:
+        try:
+            shard = cache.add(new_digests, np.concatenate(new_rows))
+        except OSError as exc:  # a full or read-only disk: the run goes on without caching
+            print(f"embedding cache: could not write a shard: {exc}", file=sys.stderr)
+    computed = sum(len(r) for r in new_rows)
+    record = {
+        "used": True,
+        "key": key,
+        "images": images,
+        "cached": images - computed,
+        "computed": computed,
+        "seconds": round(time.monotonic() - started, 2),
+        "shards_read": shards_read,
+        "shards_ignored": [{"file": p.name, "reason": r} for p, r in cache.ignored],
+        "new_shard": shard.name if shard is not None else None,
+    }
+    return features, record
+
+
 def warm_run(config: TrainConfig, started: float, deadline: float | None) -> dict[str, Any]:
     """Fine-tunes ``config.warm_start`` on the data at a small learning rate, without a search.
 
-    A transfer model keeps its backbone frozen and retrains its head on features computed once;
-    any other model trains whole on pixels.
+    A transfer model keeps its backbone frozen and retrains its head on features computed once
+    (with ``config.embedding_cache``, only for the images the cache does not know); any other
+    model trains whole on pixels. ``metrics.json`` records the seconds of each step (``timings``)
+    and what the cache gave (``embedding_cache``).
     """
     assert config.warm_start is not None
     model = keras.models.load_model(config.warm_start)
@@ -334,6 +415,7 @@ def warm_run(config: TrainConfig, started: float, deadline: float | None) -> dic
     full, train, val = splits.load(size, framing)
     test = splits.test(size, framing)
     print(f"data: train {full.counts()} test {test.counts()} (warm start, {framing.name})")
+    timings = {"load_seconds": round(time.monotonic() - started, 2)}
     labels_path = config.warm_start.with_name(artifact.LABELS)
     old = json.loads(labels_path.read_text()) if labels_path.exists() else None
     backbone = pretrained_backbone(model)
@@ -347,8 +429,10 @@ def warm_run(config: TrainConfig, started: float, deadline: float | None) -> dic
         model = _new_classes(model, old, full.classes)
         trained = model
         data = make_dataset(full.x, full.y, config.batch_size, 0.1, config.seed)
+        embedding: dict[str, Any] = {"used": False, "reason": PIXELS_NO_CACHE}
     else:
-        # Only the head trains, on features: every image goes through the backbone once.
+        # Only the head trains, on features: every image goes through the backbone once (or was
+        # through it in an earlier run: the cache).
         head_layers = model.layers[model.layers.index(backbone) + 1 :]
         if old != full.classes:
             head_layers = [*head_layers[:-1], _output_layer(full.classes)]
@@ -357,19 +441,33 @@ def warm_run(config: TrainConfig, started: float, deadline: float | None) -> dic
             x = layer(x)
         trained = keras.Model(features, x, name="head")
         model = attach_head(backbone, trained)
-        data = make_feature_dataset(
-            activations(backbone, full.x), full.y, config.batch_size, 0.1, config.seed
+        (train_features, test_features), embedding = embed(
+            backbone, [full, test], config.embedding_cache, framing
         )
+        timings["embedding_seconds"] = embedding["seconds"]
+        print(
+            f"embeddings: {embedding['cached']} cached, {embedding['computed']} computed in "
+            f"{embedding['seconds']:.1f} s"
+            + (f" ({embedding['key']})" if embedding["used"] else f" ({embedding['reason']})")
+        )
+        data = make_feature_dataset(train_features, full.y, config.batch_size, 0.1, config.seed)
     # A small learning rate keeps what the live model knew while it adapts to the new data.
     trained.compile(
         optimizer=keras.optimizers.Adam(1e-4),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    fit_started = time.monotonic()
     history = trained.fit(data, epochs=config.epochs, shuffle=False, callbacks=stop, verbose=2)
     history = history.history
-    probs = model.predict(test.x.astype(np.float32), batch_size=64, verbose=0)
+    timings["fit_seconds"] = round(time.monotonic() - fit_started, 2)
+    evaluate_started = time.monotonic()
+    if backbone is None:
+        probs = model.predict(test.x.astype(np.float32), batch_size=64, verbose=0)
+    else:  # the same as the whole model on the pixels, without a second pass through the backbone
+        probs = trained.predict(test_features, batch_size=64, verbose=0)
     metrics = classification_metrics(test.y, probs.argmax(axis=1), full.classes)
+    timings["evaluate_seconds"] = round(time.monotonic() - evaluate_started, 2)
     metrics.update(
         classes=full.classes,
         image_size=size,
@@ -382,6 +480,8 @@ def warm_run(config: TrainConfig, started: float, deadline: float | None) -> dic
         selection=None,
         final_fit={"epochs": len(history["loss"]), "history": history},
         data=summarise(full, train, val, test),
+        embedding_cache=embedding,
+        timings=timings,
         seed=config.seed,
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         versions=_versions(),
@@ -410,6 +510,11 @@ metrics.json's "framing" says (crop_0.875_bicubic; squash_bilinear for the CNN).
 
 The data root holds seg_train/ and seg_test/ (the Intel layout) or train/ and test/, each with one
 folder per class. An interrupted search resumes from OUT/tuner/ unless --overwrite is given.
+
+A warm start of a transfer model retrains its head on the frozen backbone's features; with
+--embedding-cache DIR (what a retraining job passes) the features of images seen before are read
+from DIR, keyed by the image file's sha256, the backbone's weights and the framing, so only new
+images go through the backbone. metrics.json says how many were cached ("embedding_cache").
 """
 
 
@@ -492,6 +597,14 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     )
     p.add_argument("--warm-start", type=Path, help="fine-tune this .keras model; no search")
     p.add_argument(
+        "--embedding-cache",
+        type=Path,
+        metavar="DIR",
+        help="with --warm-start of a transfer model: backbone features cached by image sha256 "
+        "in DIR/<key>/*.npz; only the images not found there go through the backbone, and their "
+        "features are added to DIR as one new shard",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smallest budget: 2 random trials of 1 epoch per search, 1 final epoch",
@@ -521,6 +634,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         fine_tune_blocks=a.fine_tune_blocks,
         time_budget=a.time_budget,
         warm_start=a.warm_start,
+        embedding_cache=a.embedding_cache,
     )
     return config.quick() if a.quick else config
 

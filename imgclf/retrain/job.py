@@ -1,9 +1,12 @@
 """The training job every backend runs: ``python -m imgclf.retrain.job --job-id ID``.
 
 1. snapshot: the listed ``train/`` and ``test/`` objects, laid out as ``seg_train/<class>/`` and
-   ``seg_test/<class>/`` (SageMaker mounts them as channels instead);
+   ``seg_test/<class>/`` (SageMaker mounts them as channels instead), and for a warm start the
+   model's cached backbone features (``embeddings/<model>/``, ``imgclf.pipeline.embeddings``);
 2. train: ``imgclf.pipeline.training`` warm-started from the live model's Keras file, or a full
-   search, in a subprocess (its crash is not the job's);
+   search, in a subprocess (its crash is not the job's); a warm start computes features only for
+   the images the cache does not know, and the job uploads the shard it adds (merging a key's
+   shards into one when there are more than ``COMPACT_ABOVE``);
 3. convert: ``imgclf.pipeline.conversion`` with its parity check (a failed check ends the job,
    nothing is published);
 4. evaluate the new and the live TFLite model on the same fixed test split;
@@ -13,15 +16,19 @@
    ``live`` to it only if the gate passed and ``live`` did not move meanwhile.
 
 The job holds the lock its launcher took (renewed from a thread) and checks it before it publishes;
-however it ends, it writes its status to ``jobs/<id>.json`` and releases the lock.
+however it ends, it writes its status to ``jobs/<id>.json`` (with the seconds each stage took,
+``stages``) and releases the lock. The embedding cache only ever saves time: a shard that cannot
+be downloaded, read or uploaded is logged, and its images are computed again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,6 +46,7 @@ from imgclf import artifact, layout
 from imgclf.layout import PENDING, TEST, TRAIN
 from imgclf.pipeline import ExitCode
 from imgclf.pipeline.data import class_names, load_split
+from imgclf.pipeline.embeddings import COMPACT_ABOVE, SHARD_SUFFIX, EmbeddingCache
 from imgclf.pipeline.evaluation import classification_metrics
 from imgclf.registry import AliasConflict, AliasNotFound, Registry, open_registry
 from imgclf.retrain.launch import LockHeld, count_pending, start_job
@@ -46,7 +54,7 @@ from imgclf.retrain.lock import Heartbeat, LockLost, resume_lock
 from imgclf.retrain.records import JobRecord, JobStatus, iso, now, read_job, write_job
 from imgclf.runtime import TFLiteModel
 from imgclf.settings import PROJECT_ROOT, RetrainSettings
-from imgclf.storage import Store
+from imgclf.storage import ObjectNotFound, PreconditionFailed, Store
 
 GATE_METRICS = ("accuracy", "macro_f1")
 # A job's scratch folder in the temporary directory: the pid of the process that owns it, so the
@@ -55,6 +63,8 @@ WORKDIR_PREFIX = "imgclf-job-"
 # Time kept back from a deadline (the lambda backend) to record the outcome and release the lock.
 DEADLINE_MARGIN_SECONDS = 30.0
 DOWNLOAD_THREADS = 16
+# A cache key or shard name as the job writes them; anything else under embeddings/ is left alone.
+CACHE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +143,88 @@ def snapshot(
     }
 
 
+def _shard_keys(store: Store, model: str) -> list[str]:
+    """The model's shards as ``<cache key>/<shard>.npz``, relative to its embeddings prefix."""
+    prefix = layout.embeddings_prefix(model)
+    names = [key[len(prefix) :] for key in store.list(prefix)]
+    return [n for n in names if n.endswith(SHARD_SUFFIX) and _cache_name(n)]
+
+
+def _cache_name(name: str) -> bool:
+    """Whether ``name`` is ``<cache key>/<shard>``, both safe as folder and file names."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(CACHE_PART.fullmatch(p) for p in parts)
+
+
+def download_embeddings(store: Store, model: str, folder: Path) -> list[str]:
+    """Copies a model's cached embedding shards into ``folder/<cache key>/<shard>.npz``.
+
+    Every key's shards are copied (training reads the one of its backbone and framing). A shard
+    deleted meanwhile is skipped.
+
+    Returns:
+        The shards copied, as ``<cache key>/<shard>.npz``.
+    """
+    prefix = layout.embeddings_prefix(model)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def fetch(name: str) -> str | None:
+        try:
+            data = store.get(prefix + name).data
+        except ObjectNotFound:
+            return None
+        path = folder.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return name
+
+    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+        return [n for n in pool.map(fetch, _shard_keys(store, model)) if n is not None]
+
+
+def upload_embeddings(
+    store: Store, model: str, folder: Path, downloaded: Sequence[str], above: int = COMPACT_ABOVE
+) -> dict[str, Any]:
+    """Uploads the shards training added to ``folder``, then merges any key's shards into one
+    when it has more than ``above``.
+
+    The merged shard is uploaded before the shards it replaces are deleted, so the bucket holds
+    every row at every moment; shards that cannot be read are neither merged nor deleted.
+
+    Args:
+        store: the data bucket.
+        model: whose cache (``embeddings/<model>/``).
+        folder: what ``download_embeddings`` copied, plus what training wrote.
+        downloaded: the shards ``download_embeddings`` copied (the others are new).
+        above: merge a key's shards when there are more than this.
+
+    Returns:
+        ``{"shards_uploaded": [...], "compacted": {key: {"merged", "removed"}}}``.
+    """
+    prefix = layout.embeddings_prefix(model)
+    known = set(downloaded)
+    uploaded = []
+    for path in sorted(folder.glob(f"*/*{SHARD_SUFFIX}")):
+        name = f"{path.parent.name}/{path.name}"
+        if name in known or not _cache_name(name):
+            continue
+        # Names are unique: one that is there already is this very shard.
+        with contextlib.suppress(PreconditionFailed):
+            store.put(prefix + name, path.read_bytes(), if_none_match=True)
+        uploaded.append(name)
+    compacted = {}
+    for key_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        merge = EmbeddingCache(key_dir).compact(above)
+        if merge is None:
+            continue
+        merged, removed = merge
+        store.put(f"{prefix}{key_dir.name}/{merged.name}", merged.read_bytes(), if_none_match=True)
+        for old in removed:
+            store.delete(f"{prefix}{key_dir.name}/{old.name}")
+        compacted[key_dir.name] = {"merged": merged.name, "removed": len(removed)}
+    return {"shards_uploaded": uploaded, "compacted": compacted}
+
+
 def evaluate_tflite(model_dir: Path, test_dir: Path) -> dict[str, Any]:
     """Evaluates a TFLite model directory on a folder-per-class test split.
 
@@ -195,11 +287,23 @@ class Job:
         self.record = record
         self.heartbeat = heartbeat
         self.deadline = deadline
+        self._stage_started: float | None = None
 
     def stage(self, name: str, **details: Any) -> None:
-        """Records that the job entered a stage (and anything learnt so far)."""
+        """Records that the job entered a stage (and anything learnt so far), and the seconds
+        the previous one took."""
         log.info("job %s: %s", self.record.id, name)
-        self.record = write_job(self.store, self.record, stage=name, **details)
+        stages = self.end_stage()
+        self.record = write_job(self.store, self.record, stage=name, stages=stages, **details)
+        self._stage_started = time.monotonic()
+
+    def end_stage(self) -> dict[str, float]:
+        """The seconds of every stage so far, the current one ended now (``JobRecord.stages``)."""
+        stages = dict(self.record.stages)
+        if self.record.stage is not None and self._stage_started is not None:
+            stages[self.record.stage] = round(time.monotonic() - self._stage_started, 2)
+            self._stage_started = None
+        return stages
 
     def remaining(self) -> float | None:
         """Seconds left for a subprocess, or None without a deadline.
@@ -257,14 +361,61 @@ class Job:
         self.record = self.record.replace(compared_with=version)
         return folder, etag
 
-    def train(self, data: Path, live_dir: Path | None, out: Path) -> None:
-        """Trains (warm-started unless a full run was asked for) and converts into ``out``."""
+    def fetch_embeddings(self, folder: Path) -> list[str] | None:
+        """Downloads the model's embedding cache into ``folder`` (see ``download_embeddings``).
+
+        Returns:
+            The shards downloaded, or None when the cache could not be read (the job goes on
+            without it: training computes every image's features).
+        """
+        started = time.monotonic()
+        try:
+            shards = download_embeddings(self.store, self.record.model, folder)
+        except Exception as exc:  # noqa: BLE001 - a cache saves time; it must never fail the job
+            log.warning("job %s: embedding cache not read: %s", self.record.id, exc)
+            self.record = self.record.replace(embedding_cache={"error": f"download: {exc}"})
+            return None
+        seconds = round(time.monotonic() - started, 2)
+        log.info("job %s: %d embedding shards in %.1f s", self.record.id, len(shards), seconds)
+        self.record = self.record.replace(
+            embedding_cache={"shards_downloaded": len(shards), "download_seconds": seconds}
+        )
+        return shards
+
+    def store_embeddings(self, folder: Path, downloaded: list[str], trained: Path) -> None:
+        """Uploads the shard training added (merging shards when many) and records what the
+        cache gave training (``trained``'s ``metrics.json``)."""
+        recorded = dict(self.record.embedding_cache)
+        metrics_path = trained / artifact.METRICS
+        if metrics_path.is_file():
+            recorded.update(json.loads(metrics_path.read_text()).get("embedding_cache") or {})
+        started = time.monotonic()
+        try:
+            recorded.update(upload_embeddings(self.store, self.record.model, folder, downloaded))
+        except Exception as exc:  # noqa: BLE001 - the new model does not depend on the cache
+            log.warning("job %s: embedding cache not stored: %s", self.record.id, exc)
+            recorded["error"] = f"upload: {exc}"
+        recorded["upload_seconds"] = round(time.monotonic() - started, 2)
+        self.record = self.record.replace(embedding_cache=recorded)
+
+    def train(
+        self, data: Path, live_dir: Path | None, out: Path, cache: tuple[Path, list[str]] | None
+    ) -> None:
+        """Trains (warm-started unless a full run was asked for) and converts into ``out``.
+
+        ``cache``: the embedding cache's folder and the shards downloaded into it, for a warm
+        start; the shard training adds is uploaded before conversion.
+        """
         warm = self.record.mode == "warm" and live_dir is not None
         warm_start = ["--warm-start", live_dir / artifact.KERAS] if warm else []
+        if warm and cache is not None:
+            warm_start += ["--embedding-cache", cache[0]]
         self.stage("train", warm_start=warm)
         keras_out = out.with_name("train")
         train_args = ["--data", data, "--out", keras_out, *self.settings.train_args, *warm_start]
         self.run_stage("imgclf.pipeline.training", train_args)
+        if warm and cache is not None:
+            self.store_embeddings(*cache, keras_out)
         self.stage("convert")
         paths = ["--model-dir", keras_out, "--data", data, "--out", out]
         options = ["--quantization", self.settings.quantization, "--name", self.record.model]
@@ -329,15 +480,23 @@ class Job:
             missing = sorted(live_classes - set(counts["seg_train"]))
             if missing:
                 raise JobFailed(f"no training images of the live model's classes {missing}")
+        cache = None
+        if self.record.mode == "warm" and live_dir is not None:
+            downloaded = self.fetch_embeddings(work / "embeddings")
+            cache = (work / "embeddings", downloaded) if downloaded is not None else None
         model_dir = work / "model"
-        self.train(data, live_dir, model_dir)
+        self.train(data, live_dir, model_dir, cache)
         gate = self.evaluate(model_dir, live_dir, data / "seg_test")
         self.publish(model_dir, data / "seg_test", gate, live_etag)
         # What this job trained on is no longer new (markers that arrived since stay).
         for key in pending:
             self.store.delete(key)
         return write_job(
-            self.store, self.record, status=JobStatus.SUCCEEDED, finished_at=iso(now())
+            self.store,
+            self.record,
+            status=JobStatus.SUCCEEDED,
+            stages=self.end_stage(),
+            finished_at=iso(now()),
         )
 
 
@@ -385,7 +544,7 @@ def run_job(
             final = job.run(Path(tmp), channels)
     except Exception as exc:  # noqa: BLE001 - whatever happened is recorded, then the lock freed
         log.exception("job %s failed", job_id)
-        latest = job.record if job is not None else record
+        latest = job.record.replace(stages=job.end_stage()) if job is not None else record
         return write_job(
             store,
             latest,

@@ -73,6 +73,10 @@ class JobRecord:
     warm_start: bool | None = None
     # Images per class, per split, in the snapshot.
     data: dict[str, Any] = field(default_factory=dict)
+    # Seconds each stage took (snapshot, train, convert, evaluate, publish, promote), so far.
+    stages: dict[str, float] = field(default_factory=dict)
+    # What the embedding cache gave: shards downloaded and uploaded, images cached and computed.
+    embedding_cache: dict[str, Any] = field(default_factory=dict)
     compared_with: str | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)

@@ -2,7 +2,8 @@
 
 These tests check that the figures are measured and that everything the report derives (ratios,
 floors, engines, batches, costs, the memory choice, verdicts) is computed from them; they assert no
-performance figure.
+performance figure. The tiny run measures ``imagenet`` and ``scene`` only (``--models``), for the
+suite's time; ``make bench`` measures every bundled model, each on its own dataset.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks import cost, footprint, probes, report
+from benchmarks import cost, footprint, ood, probes, report
+from benchmarks.datasets import DatasetMissing, model_dataset
 from benchmarks.engines import ONNX_VARIANTS
 from benchmarks.inputs import INPUTS
 from benchmarks.run import BATCH_SIZES, BUDGETS, QUANTIZATIONS, bundled_models
+from benchmarks.run import main as run_bench
 from imgclf.settings import PROJECT_ROOT
+
+# The models the tiny run measures: the pretrained one and one with a Keras source and a dataset.
+# `make bench` measures every bundled model; content (EfficientNet-Lite0 on data/photos) would
+# double the run's minutes for no path these two do not already take.
+BENCH_MODELS = ("imagenet", "scene")
 
 
 def _positive(value: Any) -> bool:
@@ -31,11 +39,19 @@ def _positive(value: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def bench(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One tiny-budget run of ``python -m benchmarks`` on the small sample dataset."""
-    out = tmp_path_factory.mktemp("bench") / "bench"
+    """One tiny-budget run of ``python -m benchmarks`` of ``BENCH_MODELS`` on the small sample data.
+
+    Only imagenet and scene, to keep the suite's time: ``make bench`` measures every bundled model.
+    scene's own dataset (``config.data``: ``data/sample``) is the small sample data here too, read
+    under a ``--data-root`` that holds it as ``data/sample``.
+    """
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "bench"
+    (tmp / "data").mkdir()
+    (tmp / "data" / "sample").symlink_to(sample_data, target_is_directory=True)
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--budget", "tiny", "--out", str(out)]
-        + ["--data", str(sample_data)],
+        + ["--models", *BENCH_MODELS, "--data", str(sample_data), "--data-root", str(tmp)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -58,11 +74,14 @@ def _models(bench: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_every_bundled_model_is_measured(bench: dict[str, Any]) -> None:
+def test_the_models_asked_for_are_measured(bench: dict[str, Any]) -> None:
+    """Every model the run asked for (``make bench``: every bundled model) is measured."""
     results = bench["json"]["results"]
     tiny = BUDGETS["tiny"]
-    # THEN every bundled model was measured, the default one first
-    assert list(results["models"]) == [p.name for p in bundled_models(PROJECT_ROOT / "model")]
+    # THEN each model asked for was measured, none skipped, the default one first
+    asked = bundled_models(PROJECT_ROOT / "model", list(BENCH_MODELS))
+    assert list(results["models"]) == [p.name for p in asked]
+    assert list(_models(bench)) == list(results["models"])
     assert results["default_model"] == next(iter(results["models"]))
     for measured in _models(bench).values():
         bundled = measured["model"]["bundled_quantization"]
@@ -281,6 +300,58 @@ def test_macs_are_counted_from_the_tflite_ops() -> None:
     content = to_tflite(model, "float32", np.zeros((1, 16, 16, 3), dtype=np.uint8))
     # THEN the count read from the TFLite ops is exactly theirs
     assert probes.count_macs(content) == 16 * 16 * 4 * 27 + 16 * 16 * 4 * 9 + 4 * 5
+
+
+def _model_folder(root: Path, name: str, data: str | None) -> Path:
+    """A bundled-model folder under ``root/model`` whose metrics.json records ``data``."""
+    folder = root / "model" / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    metrics = {"config": {"data": data}} if data else {"name": name}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_each_model_uses_the_dataset_its_metrics_record(tmp_path: Path) -> None:
+    # GIVEN models trained on data/photos and data/sample, and a pretrained one (no config.data)
+    content = _model_folder(tmp_path, "content", "data/photos")
+    scene = _model_folder(tmp_path, "scene", "data/sample")
+    imagenet = _model_folder(tmp_path, "imagenet", None)
+    # WHEN data/photos is missing, or has no splits, THEN the error names what builds it
+    with pytest.raises(DatasetMissing, match=r"data/photos .*model/content.*make photo-data"):
+        model_dataset(content, tmp_path)
+    (tmp_path / "data" / "photos").mkdir(parents=True)
+    with pytest.raises(DatasetMissing, match="make photo-data"):
+        model_dataset(content, tmp_path)
+    with pytest.raises(DatasetMissing, match="make sample-data"):
+        model_dataset(scene, tmp_path)
+    # WHEN it holds its train and test splits, THEN it is that model's dataset
+    for split in ("train", "test"):
+        (tmp_path / "data" / "photos" / split / "object").mkdir(parents=True)
+    assert model_dataset(content, tmp_path) == tmp_path / "data" / "photos"
+    # AND the pretrained model has none
+    assert model_dataset(imagenet, tmp_path) is None
+    # AND the OOD benchmark's far inputs follow what each model was trained on
+    assert ood.trained_on(content, tmp_path) == (ood.PHOTOS, tmp_path / "data" / "photos")
+    assert ood.trained_on(imagenet, tmp_path) == (ood.PHOTOS, None)
+    for split in ("seg_train", "seg_test"):
+        (tmp_path / "data" / "sample" / split / "forest").mkdir(parents=True)
+    assert ood.trained_on(scene, tmp_path)[0] == ood.SYNTHETIC
+
+
+def test_the_benchmark_refuses_a_model_whose_dataset_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a bundled model trained on data/photos, which is not there, and the shared sample data
+    _model_folder(tmp_path, "content", "data/photos")
+    (tmp_path / "sample" / "seg_pred").mkdir(parents=True)
+    args = ["--model-root", str(tmp_path / "model"), "--data", str(tmp_path / "sample")]
+    # WHEN the benchmark starts, THEN it stops before measuring, saying how to build the data
+    with pytest.raises(SystemExit) as stopped:
+        run_bench([*args, "--data-root", str(tmp_path), "--out", str(tmp_path / "bench")])
+    assert stopped.value.code == 2
+    assert "make photo-data" in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()
 
 
 def test_readme_without_markers_is_refused(tmp_path: Path) -> None:

@@ -341,4 +341,5 @@ def test_cli(new_bucket: Any) -> None:
     # errors are one line on stderr and exit code 1
     missing = cli(uri, "promote", "9")
     assert missing.returncode == 1 and "no version 0009" in missing.stderr
-    assert boto3.client("s3").list_objects_v2(Bucket=uri.split("/")[2])["KeyCount"] == 13  # two versions of 5 files + ood.npz each, and the alias
+    # two versions of 5 files + ood.npz each, and the alias
+    assert boto3.client("s3").list_objects_v2(Bucket=uri.split("/")[2])["KeyCount"] == 13
