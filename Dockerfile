@@ -2,7 +2,8 @@
 # The two Lambda images of template.yaml, one target each (`sam build` picks them by
 # DockerBuildTarget):
 #   serve  PredictFunction: requirements-lambda.txt (LiteRT, Pillow, numpy, boto3, Powertools),
-#          the core modules of imgclf with imgclf/registry/ and imgclf/serving/, lambda_func.py
+#          the core modules of imgclf with imgclf/registry/, imgclf/feedback/ and
+#          imgclf/serving/, lambda_func.py
 #          and the bundled model. No TensorFlow, and none of the pipeline or retrain code.
 #   train  RetrainFunction, and the SageMaker training job it may launch: requirements-train.txt
 #          (the serving set + TensorFlow, Keras, Keras Tuner), the whole package and the handler
@@ -27,8 +28,10 @@ COPY model/ ${LAMBDA_TASK_ROOT}/model/
 # The core modules (imgclf/serving/__init__.py lists them; tests/deploy/test_dockerfile.py
 # imports lambda_func from exactly these files, with the training stack blocked).
 COPY imgclf/__init__.py imgclf/settings.py imgclf/errors.py imgclf/storage.py imgclf/layout.py \
-     imgclf/preprocess.py imgclf/runtime.py imgclf/artifact.py ${LAMBDA_TASK_ROOT}/imgclf/
+     imgclf/preprocess.py imgclf/runtime.py imgclf/artifact.py imgclf/captures.py \
+     ${LAMBDA_TASK_ROOT}/imgclf/
 COPY imgclf/registry/ ${LAMBDA_TASK_ROOT}/imgclf/registry/
+COPY imgclf/feedback/ ${LAMBDA_TASK_ROOT}/imgclf/feedback/
 COPY imgclf/serving/ ${LAMBDA_TASK_ROOT}/imgclf/serving/
 COPY lambda_func.py ${LAMBDA_TASK_ROOT}/
 CMD ["lambda_func.lambda_handler"]

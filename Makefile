@@ -80,7 +80,7 @@ test-lambda-venv: $(VENV)/.installed ## serving tests in a clean venv from requi
 	$(PY) -m pytest tests/serving/test_lambda_venv.py
 
 # ---- benchmarks (README "Benchmarks", docs/benchmarks.md) ---------------------------------------
-.PHONY: bench bench-docs
+.PHONY: bench bench-docs bench-retrain
 BUDGET ?= full
 
 # Benchmark-only engines (tf2onnx, onnx, onnxruntime): never in the serving set.
@@ -98,6 +98,10 @@ bench-docs: $(VENV)/.bench-installed ## the committed run: docs/benchmarks.{md,j
 	test -d $(PHOTOS)/test || $(MAKE) photo-data
 	$(PY) -m benchmarks --budget full --out docs/benchmarks
 	$(PY) -m benchmarks.report --readme --json docs/benchmarks.json
+
+bench-retrain: $(VENV)/.installed ## a retraining job, trigger -> served, 1,000 cached + 50 new photos vs no cache (minutes) -> reports/bench-retrain/
+	test -d $(PHOTOS)/train || $(MAKE) photo-data
+	$(PY) -m benchmarks.retrain --out reports/bench-retrain
 
 # ---- out-of-distribution scores (README "Serving API", docs/ood.md) ----------------------------
 .PHONY: ood
@@ -181,6 +185,22 @@ retrain: $(VENV)/.stack ## ask the local stack to retrain a model now (MODEL=sce
 
 test-retrain: $(VENV)/.installed ## registry, ingestion and retraining tests (real training on tiny data)
 	$(PY) -m pytest tests/core/test_registry.py tests/retrain tests/stack/test_retrain_e2e.py
+
+# ---- captures, feedback and forgetting (README "Captures, feedback and forgetting") ------------
+.PHONY: feedback forget bench-capture test-feedback
+
+feedback: $(VENV)/.stack ## review feedback on the local stack: ARGS="list | approve ID | reject ID [--reason R]"
+	$(LOCAL_AWS) $(PY) -m imgclf.feedback $(or $(ARGS),list)
+
+forget: $(VENV)/.stack ## remove an image (SHA=<sha256>) everywhere in the local stack's data bucket; retrain its models
+	$(LOCAL_AWS) $(PY) -m imgclf.registry forget $(SHA)
+
+bench-capture: $(VENV)/.installed ## the handler's p50 with CAPTURE_FRACTION=0 beside =1, S3 = moto on loopback -> reports/bench-capture.json
+	$(PY) -m benchmarks.capture
+
+test-feedback: $(VENV)/.installed ## capture, feedback, forget and per-model metrics tests (the stack and browser ones too)
+	$(PY) -m pytest tests/serving/test_capture.py tests/serving/test_feedback.py \
+		tests/retrain/test_forget.py tests/stack/test_feedback_stack.py tests/console/test_feedback.py
 
 # ---- deploy (AWS SAM; the AWS steps need Docker and AWS credentials: README "Deploy to AWS") ----
 .PHONY: validate-template sam-build sam-invoke sam-api deploy publish-model test-deployed \

@@ -11,6 +11,11 @@ The data bucket::
     jobs/locks/<model>.json                the lock that lets one job per model run at a time
     jobs/<id>.json                         a job's record
     jobs/pending/<model>/<class>/<sha256>.<ext>  a marker per image ingested since the last job
+    embeddings/<model>/<cache key>/<shard>.npz  backbone features of the images, by their
+                                           sha256 (``imgclf.pipeline.embeddings``)
+    captures/...                           sampled predict answers and their images
+                                           (``imgclf.captures``)
+    feedback/<pending|approved|rejected>/<request id>.json  corrected labels (``imgclf.feedback``)
 
 The model registry (``MODEL_REGISTRY_URI``, a bucket prefix or a local folder)::
 
@@ -43,6 +48,8 @@ LOCKS = f"{JOBS}locks/"
 PENDING = f"{JOBS}pending/"
 # Where a SageMaker training job's own (empty) output goes.
 SAGEMAKER_OUTPUT = f"{JOBS}sagemaker/"
+# Cached backbone features, one folder per model and backbone + framing (retraining only).
+EMBEDDINGS = "embeddings/"
 
 LIVE_ALIAS = "live"
 
@@ -65,6 +72,11 @@ def lock_key(model: str) -> str:
 def model_prefix(split: str, model: str) -> str:
     """``train/<model>/``, ``test/<model>/`` or ``jobs/pending/<model>/``."""
     return f"{split}{model}/"
+
+
+def embeddings_prefix(model: str) -> str:
+    """``embeddings/<model>/``: a model's cached backbone features, one sub-folder per cache key."""
+    return f"{EMBEDDINGS}{model}/"
 
 
 def job_key(job_id: str) -> str:

@@ -46,6 +46,12 @@ ENV_PRIVATE_URL_ENDPOINTS = "PRIVATE_URL_ENDPOINTS"
 ENV_UPLOAD_MAX_BYTES = "UPLOAD_MAX_BYTES"
 ENV_UPLOAD_EXPIRES_SECONDS = "UPLOAD_EXPIRES_SECONDS"
 ENV_ADMIN_SCOPE = "ADMIN_SCOPE"
+# Captured traffic and feedback (imgclf.serving.capture, imgclf.feedback): the share of predict
+# requests stored, the top-1 score under which an answer counts as low-confidence, and whether
+# feedback goes to training without an admin's review.
+ENV_CAPTURE_FRACTION = "CAPTURE_FRACTION"
+ENV_LOW_CONFIDENCE_THRESHOLD = "LOW_CONFIDENCE_THRESHOLD"
+ENV_FEEDBACK_AUTO_APPROVE = "FEEDBACK_AUTO_APPROVE"
 # Powertools' own names (its Logger also reads LOG_LEVEL itself).
 ENV_POWERTOOLS_SERVICE_NAME = "POWERTOOLS_SERVICE_NAME"
 ENV_POWERTOOLS_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
@@ -83,6 +89,14 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if not raw:
         return default
     return raw in ("1", "true", "yes", "on")
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number from 0 to 1 (a share, a probability)."""
+    value = _float(env, name, default)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value!r}: give a number from 0 to 1")
+    return value
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,13 @@ class ServeSettings:
     upload_expires_seconds: int = 300
     # The scope an admin JWT carries (API Gateway's JWT authorizer checks it on write routes).
     admin_scope: str = "imgclf/admin"
+    # The share of predict requests (batch items) whose image and answer are stored under
+    # captures/ (sampled by request id). Images may be personal data: off unless asked for.
+    capture_fraction: float = 0.0
+    # An answer whose top-1 score is below this counts in the LowConfidence metric.
+    low_confidence_threshold: float = 0.5
+    # Feedback goes straight to incoming/ (training) without an admin's approval.
+    feedback_auto_approve: bool = False
     service_name: str = "imgclf"
     metrics_namespace: str = "imgclf"
 
@@ -189,6 +210,11 @@ class ServeSettings:
             upload_max_bytes=_int(env, ENV_UPLOAD_MAX_BYTES, d.upload_max_bytes),
             upload_expires_seconds=_int(env, ENV_UPLOAD_EXPIRES_SECONDS, d.upload_expires_seconds),
             admin_scope=env.get(ENV_ADMIN_SCOPE, "").strip() or d.admin_scope,
+            capture_fraction=_share(env, ENV_CAPTURE_FRACTION, d.capture_fraction),
+            low_confidence_threshold=_share(
+                env, ENV_LOW_CONFIDENCE_THRESHOLD, d.low_confidence_threshold
+            ),
+            feedback_auto_approve=_bool(env, ENV_FEEDBACK_AUTO_APPROVE, d.feedback_auto_approve),
             service_name=env.get(ENV_POWERTOOLS_SERVICE_NAME, "").strip() or d.service_name,
             metrics_namespace=env.get(ENV_POWERTOOLS_METRICS_NAMESPACE, "").strip()
             or d.metrics_namespace,

@@ -282,3 +282,31 @@ def run_deploy_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess
         timeout=120,
         check=False,
     )
+
+
+# ---- a transfer model in seconds (the embedding cache's tests) ---------------------------------
+def save_transfer_model(out: Path, data: Path, epochs: int = 30) -> Path:
+    """Saves a transfer model as a search saves one: the frozen, pretrained EfficientNet-Lite0
+    backbone and a head fit on the features of ``data``'s training split, with ``labels.json``
+    and ``metrics.json`` (its framing).
+
+    Seconds instead of a search's minutes, for tests of what happens around training; the head
+    is confident enough on its own data for a float16 conversion to agree with it.
+    """
+    # TensorFlow comes with these: imported only by the tests that build a model.
+    from imgclf.pipeline.data import find_splits, load_split
+    from imgclf.pipeline.model import attach_head, make_head
+    from imgclf.pipeline.training import save_for_inference
+    from imgclf.pipeline.transfer import FRAMING, activations, load_backbone
+
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone("efficientnet_lite0", top_blocks=0)
+    size = backbone.resolution
+    train = load_split(find_splits(data)[0], size, size, framing=FRAMING)
+    head = make_head(backbone.num_features, len(train.classes))
+    head.fit(activations(backbone.model, train.x), train.y, epochs=epochs, verbose=0)
+    save_for_inference(attach_head(backbone.model, head), out / "model.keras")
+    (out / "labels.json").write_text(json.dumps(train.classes))
+    metrics = {"framing": FRAMING.name, "classes": train.classes}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    return out

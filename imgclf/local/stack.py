@@ -51,7 +51,7 @@ from imgclf.local.gateway import SHUTDOWN_GRACE_SECONDS
 from imgclf.local.static import StaticServer
 from imgclf.registry import publish_bundled
 from imgclf.retrain.ingest import seed_data
-from imgclf.settings import PROJECT_ROOT, RetrainSettings, ServeSettings
+from imgclf.settings import ENV_CAPTURE_FRACTION, PROJECT_ROOT, RetrainSettings, ServeSettings
 from imgclf.storage import open_store
 
 QUEUE_NAME = "imgclf-retrain-events"
@@ -131,6 +131,16 @@ def function_environment(config: StackConfig) -> dict[str, str]:
         "NO_PROXY": ",".join(filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1,localhost"])),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def serve_environment() -> dict[str, str]:
+    """What only the predict function gets locally, on top of ``function_environment``.
+
+    Every answer is captured (``captures/``: the images of a local stack are its user's own, and
+    feedback needs captures), unless the caller's environment sets CAPTURE_FRACTION;
+    ``template.yaml``'s default is 0.
+    """
+    return {ENV_CAPTURE_FRACTION: os.environ.get(ENV_CAPTURE_FRACTION, "").strip() or "1.0"}
 
 
 def image_server_endpoints(host: str, port: int) -> str:
@@ -278,6 +288,7 @@ class LocalStack:
             f"--jwt-audience={AUDIENCE}",
             f"--admin-scope={self.admin_scope}",
             f"--auth={config.auth}",
+            env=serve_environment(),
         )
         self.processes["bridge"] = self._spawn(
             "imgclf.local.bridge", f"--queue-url={queue_url}", f"--timeout={config.retrain_timeout}"
@@ -289,11 +300,16 @@ class LocalStack:
         self.static.start()
         _wait_until_healthy(config.api_url, self.processes["gateway"], timeout=120)
 
-    def _spawn(self, module: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, module: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         # A session of its own: Ctrl-C reaches this process only, which then stops the children
         # in order; and a hang-up of the terminal does not make gunicorn reload.
         return subprocess.Popen(
-            [sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, start_new_session=True
+            [sys.executable, "-m", module, *args],
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
 
     def wait(self) -> str:
@@ -345,6 +361,8 @@ class LocalStack:
         upload = f"boto3.client('s3').upload_file('{example}', '{DATA_BUCKET}', '{key}')"
         reads = "open" if c.auth == "none" else "need a token"
         token_file = self.state_dir / "admin-token" if self.state_dir else Path("admin-token")
+        fraction = serve_environment()[ENV_CAPTURE_FRACTION]
+        captured = f"CAPTURE_FRACTION={fraction}: answers kept under {DATA_BUCKET}/captures/"
         return f"""
 Local stack ready (state is in memory; Ctrl-C stops everything)
   Web console    {c.api_url}/   (reads {reads}; paste the admin token below to upload and promote)
@@ -353,6 +371,7 @@ Local stack ready (state is in memory; Ctrl-C stops everything)
   data bucket    {DATA_BUCKET}   {c.data_model}: {seeded}; uploads to {INCOMING}<model>/<class>/
   model bucket   {MODEL_BUCKET}   registry {REGISTRY_URI}: {models}; default {c.model_name}
   static images  {image_url.rsplit("/", 2)[0]}/   (serves {c.data_dir})
+  captures       {captured}   (feedback: make feedback)
 
 Predict (the default model {c.model_name}; any model at /models/<name>/predict):
   curl -F file=@docs/examples/cat.jpg {c.api_url}/predict

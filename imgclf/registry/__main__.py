@@ -2,8 +2,9 @@
 
 Commands: ``list`` (versions with their metrics; marks live and previous), ``show VERSION``,
 ``publish DIR [--images DIR] [--promote]``, ``promote VERSION``, ``rollback``, ``models`` (every
-model with its live version) and ``publish-bundled ROOT`` (each ``ROOT/<name>/`` with nothing live
-yet is published and made live).
+model with its live version), ``publish-bundled ROOT`` (each ``ROOT/<name>/`` with nothing live
+yet is published and made live) and ``forget SHA256 [--bucket B]`` (an image removed everywhere in
+the data bucket, its models retrained from scratch: ``imgclf.retrain.forget``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ def version_row(registry: Registry, version: str, live: dict[str, Any]) -> str:
     )
 
 
+def forget_image(bucket: str, sha256: str) -> int:
+    """``forget SHA256``: ``imgclf.retrain.forget`` on the data bucket (imported here only: the
+    serve image copies this package, not the retrain stage)."""
+    from imgclf import layout
+    from imgclf.retrain.forget import forget, format_report
+
+    try:
+        report = forget(layout.data_store(bucket), sha256.strip().lower())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 1 if report.problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one registry command; exit 1 with the reason on a registry error."""
     settings = ServeSettings.from_env()
@@ -75,7 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publish-bundled", help="publish and make live each ROOT/<name>/ with nothing live yet"
     )
     bundled.add_argument("root", type=Path)
+    forget = commands.add_parser(
+        "forget", help="remove an image (by sha256) from the data bucket; retrain its models"
+    )
+    forget.add_argument("sha256")
+    forget.add_argument("--bucket", default=settings.data_bucket, help="DATA_BUCKET")
     args = parser.parse_args(argv)
+    if args.command == "forget":
+        return forget_image(args.bucket, args.sha256)
     if not args.uri:
         parser.error("set --uri or MODEL_REGISTRY_URI")
     registry = open_registry(args.uri, args.name)

@@ -8,7 +8,10 @@ Routes: ``POST /predict`` (the default model), ``POST /models/{name}/predict``, 
 console's: ``GET /`` and ``GET /console/{file}`` (public files, ``static``), ``POST /uploads`` and
 ``GET /uploads/status`` (``uploads``), ``GET /jobs`` (``jobs``), ``GET /models/{name}/versions/
 {version}``; and the admin writes (``auth.ADMIN_ROUTES``): ``POST /models/{name}/uploads``,
-``POST /models/{name}/promote``, ``POST /models/{name}/rollback`` (``admin``).
+``POST /models/{name}/promote``, ``POST /models/{name}/rollback`` (``admin``), and feedback on
+captured answers: ``POST /feedback``, ``GET /feedback``, ``POST /feedback/{request_id}/approve``
+and ``/reject`` (``feedback``). Predict answers carry their request id, are captured as
+CAPTURE_FRACTION says and emit per-model metrics (``capture``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from aws_lambda_powertools import Logger, Metrics
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imgclf.serving.admin import RegistryService
+from imgclf.serving.capture import Capturer, ModelMetrics
+from imgclf.serving.feedback import FeedbackService
 from imgclf.serving.fetch import UrlFetcher
 from imgclf.serving.http import Request, Router
 from imgclf.serving.jobs import list_jobs, parse_jobs_query, retraining
@@ -43,6 +48,8 @@ class PredictService:
     fetcher: UrlFetcher
     # Where {"s3_key"} inputs are read (None: they are refused).
     bucket: DataBucket | None = None
+    # Request ids, captures and per-model metrics (None: request ids only).
+    capturer: Capturer | None = None
 
     def predict(self, request: Request) -> dict[str, Any]:
         """``POST /predict`` and ``POST /models/{name}/predict``: classifies the request's
@@ -51,10 +58,26 @@ class PredictService:
         read_upload = self.bucket.read_upload if self.bucket is not None else None
         parsed = parse_predict_request(request, settings.max_batch, read_upload)
         model = self.models.get(request.path_params.get("name"), parsed.model_version)
+        wanted = self.capturer.wanted(request.request_id, parsed) if self.capturer else set()
+        images: dict[int, bytes] = {}
+
+        def keep(index: int, image: bytes) -> None:
+            if index in wanted:
+                images[index] = image
+
         body = answer(
-            parsed, model, self.fetcher.fetch, settings.default_top_k, settings.image_limits
+            parsed,
+            model,
+            self.fetcher.fetch,
+            settings.default_top_k,
+            settings.image_limits,
+            keep if wanted else None,
         )
         body["timing_ms"]["total"] = round((time.perf_counter() - request.received_at) * 1000, 3)
+        if self.capturer is not None:
+            self.capturer.finish(request, parsed, model, body, images)
+        else:
+            body["request_id"] = request.request_id
         return body
 
     def health(self, request: Request) -> dict[str, Any]:
@@ -129,12 +152,17 @@ def build_router(
         The router whose ``handle(event, context)`` answers Lambda events.
     """
     bucket = bucket if bucket is not None else DataBucket(settings)
+    model_metrics = ModelMetrics(
+        metrics.namespace or settings.metrics_namespace, settings.service_name
+    )
     service = PredictService(
         settings,
         models if models is not None else ModelCatalog(settings, logger),
         fetcher if fetcher is not None else UrlFetcher.from_settings(settings),
         bucket,
+        Capturer(settings, model_metrics, logger),
     )
+    feedback = FeedbackService(settings, service.models, bucket, model_metrics)
     uploads = UploadService(settings, bucket)
     registry = RegistryService(settings, service.models)
     console = Console()
@@ -155,6 +183,9 @@ def build_router(
             "/uploads": {"POST": uploads.create_upload},
             "/uploads/status": {"GET": uploads.upload_status},
             "/jobs": {"GET": service.list_jobs},
+            "/feedback": {"GET": feedback.list, "POST": feedback.submit},
+            "/feedback/{request_id}/approve": {"POST": feedback.approve},
+            "/feedback/{request_id}/reject": {"POST": feedback.reject},
         },
         logger=logger,
         metrics=metrics,

@@ -18,12 +18,17 @@ from typing import Any
 from imgclf.errors import ServiceError
 
 # Route keys as template.yaml spells them ("METHOD /path/{param}").
-# Always behind a JWT with the admin scope: they write to the data bucket or move a live alias.
+# Always behind a JWT with the admin scope: they write to the data bucket or move a live alias;
+# feedback also reads captured answers (the images people sent).
 ADMIN_ROUTES = frozenset(
     {
         "POST /models/{name}/uploads",
         "POST /models/{name}/promote",
         "POST /models/{name}/rollback",
+        "POST /feedback",
+        "GET /feedback",
+        "POST /feedback/{request_id}/approve",
+        "POST /feedback/{request_id}/reject",
     }
 )
 # Never behind an authorizer: the web console's own files.

@@ -263,6 +263,7 @@ def answer(
     fetch: Callable[[str], bytes],
     default_top_k: int,
     limits: ImageLimits,
+    keep: Callable[[int, bytes], None] | None = None,
 ) -> dict[str, Any]:
     """Answers a parsed request: one prediction, or one result (or error) per batch item.
 
@@ -278,6 +279,8 @@ def answer(
         fetch: downloads a URL (``UrlFetcher.fetch``).
         default_top_k: ``top_k`` when the request has none.
         limits: the decoding limits.
+        keep: called with ``(index, image bytes)`` for each image that was read (a capture
+            keeps the ones it samples, ``imgclf.serving.capture``).
 
     Returns:
         The JSON body; the caller adds ``timing_ms.total``.
@@ -289,6 +292,8 @@ def answer(
     top_k = min(request.top_k or default_top_k, len(model.labels))
     if not request.batch:
         image, timing = _read(request.sources[0], fetch)
+        if keep is not None:
+            keep(0, image)
         result = predict(model, image, top_k, limits)
         timing.update(result["timing_ms"])
         return {
@@ -299,6 +304,10 @@ def answer(
         }
     with ThreadPoolExecutor(max_workers=len(request.sources)) as pool:
         reads = list(pool.map(lambda s: _read_or_error(s, fetch), request.sources))
+    if keep is not None:
+        for index, read in enumerate(reads):
+            if not isinstance(read, ServiceError):
+                keep(index, read[0])
     results: list[dict[str, Any]] = []
     # Each image is bounded on its own; together they bound the request's time.
     budget = DecodeBudget(limits.max_batch_decoded_bytes)

@@ -38,6 +38,7 @@ from imgclf.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMedi
 from imgclf.serving.auth import require_admin
 from imgclf.serving.http import Request, json_body
 from imgclf.settings import ServeSettings
+from imgclf.storage import S3Store
 
 # Large images waiting to be classified (the data bucket's lifecycle rule expires them).
 UPLOADS_PREFIX = "uploads/"
@@ -79,6 +80,14 @@ class DataBucket:
 
     settings: ServeSettings
     _client: Any = None
+    _store: Any = None
+
+    @property
+    def store(self) -> S3Store:
+        """The bucket as an ``imgclf.storage`` store on the same client (feedback)."""
+        if self._store is None:
+            self._store = S3Store(self.bucket, client=self.client)
+        return self._store
 
     @property
     def client(self) -> Any:

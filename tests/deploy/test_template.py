@@ -21,7 +21,7 @@ import pytest
 from aws_lambda_powertools import Logger, Metrics
 
 from helpers import ROOT, run_deploy_tool
-from imgclf import layout, settings
+from imgclf import captures, feedback, layout, settings
 from imgclf.serving.app import build_router
 from imgclf.serving.auth import ADMIN_ROUTES, PUBLIC_ROUTES
 from imgclf.serving.uploads import UPLOADS_PREFIX
@@ -270,6 +270,7 @@ def test_sam_local_start_api_routes_every_path_to_the_predict_function(
     assert view["stage"] == "$default"
     expected = [
         ["GET"],
+        ["GET", "POST"],  # /feedback: the list (GET) and new feedback (POST)
         ["POST"],
         ["X-AMAZON-APIGATEWAY-ANY-METHOD"],
     ]
@@ -402,7 +403,7 @@ def serving_permissions(stack: Stack) -> dict[str, list[tuple[str, dict[str, Any
     return granted
 
 
-def test_the_serving_role_reads_the_registry_and_writes_only_uploads_and_the_live_alias(
+def test_the_serving_role_reads_the_registry_and_writes_only_uploads_captures_and_the_alias(
     transformed: dict[str, Any],
 ) -> None:
     stack = Stack(transformed)
@@ -411,15 +412,21 @@ def test_the_serving_role_reads_the_registry_and_writes_only_uploads_and_the_liv
     role = stack.properties("PredictFunctionRole")
     assert role["ManagedPolicyArns"] == [BASIC_EXECUTION_ROLE]  # its own logs, nothing else
     granted = serving_permissions(stack)
-    assert set(granted) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}  # never a delete
+    assert set(granted) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:DeleteObject"}
+    # The one delete: reviewed feedback leaves feedback/pending/ (for approved/ or rejected/).
+    deletes = [resource for resource, _ in granted["s3:DeleteObject"]]
+    assert deletes == [f"{data}/{feedback.FEEDBACK}{feedback.PENDING}/*"]
     writes = sorted(resource for resource, _ in granted["s3:PutObject"])
-    # Presigned POSTs (uploads/ for anyone who may predict, incoming/ for admins) and the live
-    # alias an admin's promote or rollback moves; a version's files never have that name, so
-    # published versions stay out of reach, and so does the training data.
+    # Presigned POSTs (uploads/ for anyone who may predict, incoming/ for admins), captured
+    # answers and feedback, and the live alias an admin's promote or rollback moves; a
+    # version's files never have that name, so published versions stay out of reach, and so
+    # does the training data.
     assert writes == sorted(
         [
             f"{data}/{UPLOADS_PREFIX}*",
             f"{data}/{layout.INCOMING}*",
+            f"{data}/{captures.CAPTURES}*",
+            f"{data}/{feedback.FEEDBACK}*",
             f"{models}/models/*/aliases/live.json",
         ]
     )
@@ -429,15 +436,20 @@ def test_the_serving_role_reads_the_registry_and_writes_only_uploads_and_the_liv
         version_file = f"{models}/models/scene/versions/0001/{file}"
         assert not any(fnmatch.fnmatchcase(version_file, w) for w in writes), file
     reads = sorted(resource for resource, _ in granted["s3:GetObject"])
-    assert reads == sorted(
-        [f"{models}/models/*"]
-        + [f"{data}/{prefix}*" for prefix in (UPLOADS_PREFIX, layout.REJECTED, layout.JOBS)]
+    read_prefixes = (
+        UPLOADS_PREFIX,
+        layout.REJECTED,
+        layout.JOBS,
+        captures.CAPTURES,
+        feedback.FEEDBACK,
     )
+    assert reads == sorted([f"{models}/models/*"] + [f"{data}/{p}*" for p in read_prefixes])
     listings = dict(granted["s3:ListBucket"])
     assert listings[models] == {}  # the bucket holds nothing but the registry
     prefixes = listings[data]["StringLike"]["s3:prefix"]
+    listed = (layout.INCOMING, layout.REJECTED, layout.JOBS, layout.TRAIN, layout.TEST)
     assert sorted(prefixes) == sorted(
-        f"{p}*" for p in (layout.INCOMING, layout.REJECTED, layout.JOBS, layout.TRAIN, layout.TEST)
+        f"{p}*" for p in (*listed, captures.CAPTURES, feedback.FEEDBACK)
     )
 
 
@@ -498,8 +510,35 @@ def test_the_data_bucket_takes_presigned_posts_from_the_console_and_expires_uplo
     rules = Stack(transformed).properties("DataBucket")["LifecycleConfiguration"]["Rules"]
     (expiry,) = [r for r in rules if r.get("Prefix") == UPLOADS_PREFIX]
     assert expiry["Status"] == "Enabled" and expiry["ExpirationInDays"] == 1
+    # Captured answers expire after CaptureRetentionDays (30 by default).
+    (kept,) = [r for r in rules if r.get("Prefix") == captures.CAPTURES]
+    assert kept["Status"] == "Enabled" and kept["ExpirationInDays"] == "30"
+    rules_21 = Stack(transformed, CaptureRetentionDays="21").properties("DataBucket")
+    (kept_21,) = [
+        r for r in rules_21["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "captures/"
+    ]
+    assert kept_21["ExpirationInDays"] == "21"
     # Nothing else expires: uploads under incoming/ wait for ingestion, the data is kept.
-    assert all("ExpirationInDays" not in r for r in rules if r is not expiry)
+    assert all("ExpirationInDays" not in r for r in rules if r not in (expiry, kept))
+
+
+def test_captures_are_off_by_default_and_feedback_is_throttled_on_its_route(
+    transformed: dict[str, Any],
+) -> None:
+    env = Stack(transformed).environment("PredictFunction")
+    serve = ServeSettings.from_env(env)
+    assert serve.capture_fraction == 0.0 and not serve.feedback_auto_approve
+    on = ServeSettings.from_env(
+        Stack(transformed, CaptureFraction="0.25").environment("PredictFunction")
+    )
+    assert on.capture_fraction == 0.25
+    resource = transformed["Resources"]["HttpApiStage"]
+    assert "FeedbackRoute" in as_list(resource.get("DependsOn", []))
+    stage = Stack(transformed).properties("HttpApiStage")
+    assert stage["RouteSettings"] == {
+        "POST /feedback": {"ThrottlingRateLimit": "5", "ThrottlingBurstLimit": "10"}
+    }
+    assert "POST /feedback" in ADMIN_ROUTES
 
 
 def test_the_api_answers_other_origins_only_when_asked(transformed: dict[str, Any]) -> None:

@@ -70,6 +70,12 @@ const SENTENCES = {
   no_previous_version: "There is no earlier version to roll back to.",
   upload_not_found: "The uploaded image is no longer there (uploads expire). Try again.",
   storage_refused: "The storage service refused the upload.",
+  capture_not_found: "This answer was not kept (captures are off, or it was not sampled), so it cannot be corrected.",
+  invalid_label: "That is not one of this model's classes.",
+  feedback_exists: "This answer has been corrected already.",
+  feedback_not_found: "This feedback is no longer waiting for review.",
+  capture_image_gone: "The image of this answer is no longer stored: reject this feedback.",
+  model_not_trainable: "This model is not trained from uploads here, so feedback cannot train it: reject it.",
 };
 
 /** Turns a message from the API into a sentence: capital first letter, full stop. */

@@ -1,8 +1,11 @@
 // Data and retraining: labelled images go to S3 by presigned POST (incoming/<model>/<label>/,
 // admins only), each with its own progress bar; then the ingest outcome of each file, the
 // retraining job's progress (its record's status and stage) and the new version going live.
+// With an admin token, the feedback waiting for review, each approved (to training) or rejected.
 
-import { ApiError, api, asSentence, el, explain, poll, sha256, uploadToS3, when } from "./api.js";
+import {
+  ApiError, api, asSentence, el, explain, poll, sha256, token, uploadToS3, when,
+} from "./api.js";
 
 const POLL_MS = 2000;
 // At most this many files are sent at once.
@@ -73,6 +76,55 @@ export function initData(catalog) {
           el("progress", { id, max: STAGES.length, value: job.status === "failed" ? 0 : done }),
           el("span", { class: "state" }, jobState(job)));
       }),
+    );
+  }
+
+  const feedbackState = document.getElementById("feedback-state");
+  const feedbackError = document.getElementById("feedback-error");
+  const feedbackTable = document.getElementById("feedback-pending");
+  const feedbackRows = feedbackTable.querySelector("tbody");
+  let feedbackShown = "";
+
+  async function review(id, action) {
+    feedbackError.textContent = "";
+    try {
+      await api(`feedback/${encodeURIComponent(id)}/${action}`, { method: "POST" });
+      feedbackShown = "";
+      await refreshFeedback();
+    } catch (err) {
+      feedbackError.textContent = explain(err);
+    }
+  }
+
+  async function refreshFeedback() {
+    // Reading feedback is for admins (it shows what people sent): nothing is asked without a token.
+    if (!token()) {
+      feedbackTable.hidden = true;
+      feedbackState.textContent = "Sign in as admin to review the feedback given on answers.";
+      return;
+    }
+    const answer = await api("feedback?status=pending");
+    const items = answer.feedback;
+    const shown = JSON.stringify(items.map((f) => f.request_id));
+    feedbackState.textContent = items.length
+      ? `${items.length} corrected label${items.length === 1 ? "" : "s"} waiting for review.`
+      : "No feedback is waiting for review.";
+    feedbackTable.hidden = !items.length;
+    if (shown === feedbackShown) return; // keep focus and buttons while nothing changed
+    feedbackShown = shown;
+    feedbackRows.replaceChildren(
+      ...items.map((f) =>
+        el("tr", {},
+          el("th", { scope: "row" }, `${f.model} v${f.version}, ${f.request_id}`),
+          el("td", {}, `${f.predicted} (${(f.score * 100).toFixed(0)} %)`),
+          el("td", {}, f.label),
+          el("td", {}, `${when(f.time)}${f.by ? ` by ${f.by}` : ""}`),
+          el("td", {}, el("div", { class: "buttons" },
+            el("button", { type: "button", onclick: () => review(f.request_id, "approve") },
+              `Approve ${f.label}`),
+            el("button", { type: "button", onclick: () => review(f.request_id, "reject") },
+              "Reject")))),
+      ),
     );
   }
 
@@ -164,6 +216,7 @@ export function initData(catalog) {
         async () => {
           await refreshOutcomes();
           await refreshJobs();
+          await refreshFeedback().catch((err) => (feedbackError.textContent = explain(err)));
         },
         POLL_MS,
         () => !view.hidden,

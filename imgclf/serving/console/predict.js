@@ -1,8 +1,9 @@
 // Predict: a file (chosen, dropped, or from the camera) or a URL, classified by a chosen model.
 // Files up to DIRECT_LIMIT go in the request body; larger ones to S3 by presigned POST first,
-// then by reference ({"s3_key"}), as the API documents for any client.
+// then by reference ({"s3_key"}), as the API documents for any client. With an admin token, an
+// answer can be corrected ("Wrong? The right label is …": POST /feedback).
 
-import { ApiError, api, el, explain, percent, uploadToS3 } from "./api.js";
+import { ApiError, api, el, explain, percent, token, uploadToS3 } from "./api.js";
 
 // MAX_BODY_BYTES is 4,500,000 (Lambda's 6 MB event, base64 included); keep clear of it.
 const DIRECT_LIMIT = 4_400_000;
@@ -18,7 +19,12 @@ export function initPredict(catalog) {
   const image = document.getElementById("predict-image");
   const bars = document.getElementById("predict-bars");
   const meta = document.getElementById("predict-meta");
+  const feedbackForm = document.getElementById("predict-feedback");
+  const feedbackLabel = document.getElementById("predict-feedback-label");
+  const feedbackLabels = document.getElementById("predict-feedback-labels");
+  const feedbackStatus = document.getElementById("predict-feedback-status");
   let preview = null;
+  let answered = null;
 
   select.replaceChildren(
     ...catalog.models.map((m) => el("option", { value: m.name }, m.default ? `${m.name} (default)` : m.name)),
@@ -54,10 +60,49 @@ export function initPredict(catalog) {
     const wall = (performance.now() - started).toFixed(0);
     meta.textContent =
       `Model ${answer.model.name}, version ${answer.model.version}. ` +
-      `${inFunction}${wall} ms in all${how}.`;
+      `${inFunction}${wall} ms in all${how}.` +
+      (answer.request_id ? ` Answer ${answer.request_id}.` : "");
     result.hidden = false;
     status.textContent = `Classified as ${answer.predictions[0]?.label ?? "nothing"}.`;
+    offerFeedback(answer);
   }
+
+  // Feedback is an admin's write, like uploads: the control exists only with an admin token.
+  async function offerFeedback(answer) {
+    answered = answer;
+    feedbackLabel.value = "";
+    feedbackStatus.textContent = "";
+    feedbackForm.hidden = !(token() && answer.request_id);
+    if (feedbackForm.hidden) return;
+    const { name, version } = answer.model;
+    try {
+      const described = await api(
+        `models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`,
+      );
+      feedbackLabels.replaceChildren(...described.labels.map((l) => el("option", { value: l })));
+    } catch {
+      feedbackLabels.replaceChildren(); // no suggestions; a class can still be typed
+    }
+  }
+
+  feedbackForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!answered) return;
+    const label = feedbackLabel.value.trim();
+    feedbackStatus.textContent = "Sending…";
+    try {
+      const sent = await api("feedback", {
+        method: "POST",
+        json: { request_id: answered.request_id, label },
+      });
+      feedbackStatus.textContent =
+        sent.feedback.status === "approved"
+          ? `Thank you: “${label}” went to training.`
+          : `Thank you: “${label}” waits for an admin's review (Data and retraining).`;
+    } catch (err) {
+      feedbackStatus.textContent = explain(err);
+    }
+  });
 
   function fail(err) {
     status.textContent = "";
